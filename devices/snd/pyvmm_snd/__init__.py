@@ -1,0 +1,1 @@
+"""The virtio-sound device, a pyvmm device plugin (entry point group ``pyvmm.devices``)."""

@@ -1,0 +1,194 @@
+"""Guest RAM: shared mmaps addressed by guest-physical address, exposed as numpy views.
+
+Every access is bounds-checked against the regions, so a bad address coming from the
+guest (or a bug in a device) raises :class:`GuestMemoryError` instead of touching
+host memory. RAM is backed by a memfd so the same pages can be handed to another
+process (a vhost-user back end) or mapped from one (``MemoryRegion.from_fd``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from pyvmm.errors import GuestMemoryError
+
+
+@dataclass(eq=False)
+class MemoryRegion:
+    """One contiguous piece of guest-physical RAM backed by a host mapping."""
+
+    guest_addr: int
+    size: int
+    fd: int | None
+    fd_offset: int
+    _map: mmap.mmap = field(repr=False)
+    array: np.ndarray = field(repr=False)
+
+    @classmethod
+    def from_fd(cls, guest_addr: int, size: int, fd: int, fd_offset: int = 0) -> MemoryRegion:
+        """Map ``size`` bytes of ``fd`` starting at ``fd_offset`` (which need not be page aligned)."""
+        if size <= 0:
+            raise GuestMemoryError(f"memory region at {guest_addr:#x} has size {size}")
+        mapped = mmap.mmap(fd, fd_offset + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        array = np.frombuffer(mapped, dtype=np.uint8)[fd_offset:fd_offset + size]
+        return cls(guest_addr, size, fd, fd_offset, mapped, array)
+
+    @classmethod
+    def create(cls, guest_addr: int, size: int, name: str = "pyvmm-ram") -> MemoryRegion:
+        """Allocate fresh zeroed RAM in a new memfd."""
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return cls.from_fd(guest_addr, size, fd)
+
+    @property
+    def end(self) -> int:
+        return self.guest_addr + self.size
+
+    @property
+    def host_addr(self) -> int:
+        """Host virtual address of the region's first byte (for KVM_SET_USER_MEMORY_REGION)."""
+        return self.array.ctypes.data
+
+    def close(self) -> None:
+        self.array = np.empty(0, dtype=np.uint8)
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a numpy view handed out earlier still references it; the GC frees it
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class GuestMemory:
+    """All guest RAM regions, addressed by guest-physical address."""
+
+    def __init__(self, regions: list[MemoryRegion]):
+        self.regions = sorted(regions, key=lambda r: r.guest_addr)
+        for a, b in zip(self.regions, self.regions[1:]):
+            if a.end > b.guest_addr:
+                raise GuestMemoryError(f"memory regions overlap at {b.guest_addr:#x}")
+
+    @classmethod
+    def create(cls, layout: list[tuple[int, int]]) -> GuestMemory:
+        """Allocate RAM for each ``(guest_addr, size)`` range."""
+        return cls([MemoryRegion.create(addr, size) for addr, size in layout])
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.regions)
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.close()
+
+    # -- address checks -------------------------------------------------------------
+
+    def contains(self, addr: int, length: int = 1) -> bool:
+        try:
+            for _ in self._segments(addr, length):
+                pass
+        except GuestMemoryError:
+            return False
+        return True
+
+    def _region_at(self, addr: int) -> MemoryRegion | None:
+        for region in self.regions:
+            if region.guest_addr <= addr < region.end:
+                return region
+        return None
+
+    def _segments(self, addr: int, length: int) -> Iterator[tuple[MemoryRegion, int, int]]:
+        """Yield ``(region, offset, count)`` pieces covering ``[addr, addr+length)``."""
+        if length < 0 or addr < 0:
+            raise GuestMemoryError(f"bad guest access {addr:#x}+{length:#x}")
+        end = addr + length
+        while addr < end:
+            region = self._region_at(addr)
+            if region is None:
+                raise GuestMemoryError(
+                    f"guest access {addr:#x}..{end:#x} is outside guest RAM"
+                    f" ({self._describe()})"
+                )
+            count = min(end, region.end) - addr
+            yield region, addr - region.guest_addr, count
+            addr += count
+
+    def _describe(self) -> str:
+        return ", ".join(f"{r.guest_addr:#x}-{r.end:#x}" for r in self.regions)
+
+    # -- access ---------------------------------------------------------------------
+
+    def view(self, addr: int, length: int) -> np.ndarray:
+        """A zero-copy uint8 view of guest memory; the range must lie in one region."""
+        pieces = list(self._segments(addr, length))
+        if not pieces:
+            return np.empty(0, dtype=np.uint8)
+        if len(pieces) > 1:
+            raise GuestMemoryError(f"guest range {addr:#x}+{length:#x} spans two memory regions")
+        region, offset, count = pieces[0]
+        return region.array[offset:offset + count]
+
+    def read(self, addr: int, length: int) -> bytes:
+        return b"".join(region.array[off:off + n].tobytes() for region, off, n in self._segments(addr, length))
+
+    def read_into(self, addr: int, out: np.ndarray) -> None:
+        """Copy guest memory into a uint8 array (no intermediate ``bytes``)."""
+        pos = 0
+        for region, off, n in self._segments(addr, len(out)):
+            out[pos:pos + n] = region.array[off:off + n]
+            pos += n
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+        pos = 0
+        for region, off, n in self._segments(addr, len(src)):
+            region.array[off:off + n] = src[pos:pos + n]
+            pos += n
+
+    def fill(self, addr: int, length: int, value: int = 0) -> None:
+        for region, off, n in self._segments(addr, length):
+            region.array[off:off + n] = value
+
+    def read_int(self, addr: int, size: int) -> int:
+        return int.from_bytes(self.read(addr, size), "little")
+
+    def write_int(self, addr: int, size: int, value: int) -> None:
+        self.write(addr, value.to_bytes(size, "little"))
+
+    def read_u8(self, addr: int) -> int:
+        return self.read_int(addr, 1)
+
+    def read_u16(self, addr: int) -> int:
+        return self.read_int(addr, 2)
+
+    def read_u32(self, addr: int) -> int:
+        return self.read_int(addr, 4)
+
+    def read_u64(self, addr: int) -> int:
+        return self.read_int(addr, 8)
+
+    def write_u8(self, addr: int, value: int) -> None:
+        self.write_int(addr, 1, value)
+
+    def write_u16(self, addr: int, value: int) -> None:
+        self.write_int(addr, 2, value)
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self.write_int(addr, 4, value)
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write_int(addr, 8, value)
+
+    def read_struct(self, addr: int, struct_type: type[ctypes.Structure]) -> ctypes.Structure:
+        """Read a ``ctypes.Structure`` (a copy: later guest writes do not change it)."""
+        return struct_type.from_buffer_copy(self.read(addr, ctypes.sizeof(struct_type)))
+
+    def write_struct(self, addr: int, value: ctypes.Structure) -> None:
+        self.write(addr, bytes(value))

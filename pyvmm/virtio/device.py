@@ -1,0 +1,81 @@
+"""The small interface a virtio device plugin implements, and what the transport hands it.
+
+A device never knows which front end feeds it (pyvmm's virtio-mmio transport or a
+vhost-user connection): it gets guest memory, its queues, an event loop to run on and a
+way to signal the driver, all in a :class:`DeviceContext` at activation.
+
+Threading: every device callback (``activate``, ``queue_notify``, ``reset``, timers the
+device schedules) runs on the device event loop thread, never on a vCPU thread.
+``read_config``/``write_config`` may be called from a vCPU thread and must only touch
+immutable or locked state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from pyvmm.memory import GuestMemory
+    from pyvmm.virtio.queue import DescriptorChain, SplitQueue
+
+
+@dataclass
+class DeviceContext:
+    """Everything an activated device may use."""
+
+    memory: GuestMemory
+    queues: list[SplitQueue]
+    features: int
+    """Feature bits the driver accepted (device-specific and transport bits)."""
+    loop: asyncio.AbstractEventLoop
+    """The device event loop (timers, extra readers); the device's callbacks run on it."""
+    signal_used: Callable[[int], None]
+    """Tell the driver queue ``i`` has new used buffers (the transport applies event-idx suppression)."""
+    signal_config: Callable[[], None]
+    """Raise a configuration-change interrupt."""
+    request_reset: Callable[[str], None]
+    """Device-initiated reset: set DEVICE_NEEDS_RESET and interrupt; the reason is logged."""
+
+    def complete(self, queue_index: int, chain: DescriptorChain, written: int, notify: bool = True) -> None:
+        """Return ``chain`` to the driver with ``written`` bytes in its writable part."""
+        self.queues[queue_index].add_used(chain, written)
+        if notify:
+            self.signal_used(queue_index)
+
+
+class VirtioDevice(ABC):
+    """A virtio device type, independent of its transport."""
+
+    #: Virtio device id (e.g. 25 for sound).
+    device_type: int
+    #: Maximum size of each queue; the number of entries is the number of queues.
+    queue_max_sizes: tuple[int, ...]
+
+    @abstractmethod
+    def device_features(self) -> int:
+        """Device-type feature bits offered (bits 0-23); the transport adds the generic ones."""
+
+    @abstractmethod
+    def read_config(self, offset: int, size: int) -> bytes:
+        """Read the device configuration space; out-of-range bytes read as zero."""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Most devices' config space is read-only for the driver: ignore writes."""
+
+    @abstractmethod
+    def activate(self, ctx: DeviceContext) -> None:
+        """The driver set DRIVER_OK: start serving the queues in ``ctx``."""
+
+    @abstractmethod
+    def queue_notify(self, queue_index: int) -> None:
+        """The driver made buffers available on queue ``queue_index``."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Drop every in-flight buffer without completing it and return to the initial state."""
+
+    def close(self) -> None:
+        """The VMM is exiting: flush and release host resources (files, audio devices)."""
