@@ -1,0 +1,167 @@
+"""The ``pyvmm`` command line. Errors the user can act on are one line, never a traceback."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from pyvmm import log as pyvmm_log
+from pyvmm.config import DeviceSpec, MachineConfig, parse_size
+from pyvmm.errors import VmmError
+
+DEFAULT_MEM = "256M"
+
+
+class _Group(click.Group):
+    """Turns VmmError (and Ctrl-C) into a one-line message and an exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VmmError as exc:
+            click.echo(f"pyvmm: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("pyvmm: interrupted", err=True)
+            sys.exit(130)
+
+
+def _verbosity_options(fn):
+    fn = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")(fn)
+    fn = click.option("--trace", is_flag=True, help="Log every VM exit and device access (very verbose).")(fn)
+    return fn
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pyvmm")
+def main():
+    """pyvmm: a small virtual machine monitor on Linux KVM, written in Python."""
+
+
+def _size(ctx, param, value):
+    try:
+        return parse_size(value)
+    except VmmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _device_specs(ctx, param, values):
+    specs = []
+    for value in values:
+        if value in ("help", "?"):
+            from pyvmm import plugins
+
+            names = sorted(plugins.available_devices())
+            click.echo("available devices: " + (", ".join(names) or "none installed"))
+            ctx.exit(0)
+        try:
+            spec = DeviceSpec.parse(value)
+        except VmmError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if spec.options.get("help") == "on":
+            from pyvmm import plugins
+
+            click.echo(plugins.describe(spec.name))
+            ctx.exit(0)
+        specs.append(spec)
+    return specs
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (vmlinux ELF or bzImage). Default: the default guest.")
+@click.option("--initrd", type=click.Path(path_type=Path), help="Initramfs. Default: the default guest's (only with the default kernel).")
+@click.option("--append", "append", help="Kernel command line (replaces the default).")
+@click.option("--append-extra", "append_extra", multiple=True, help="Add to the kernel command line (repeatable).")
+@click.option("--mem", "-m", "mem_size", default=DEFAULT_MEM, show_default=True, callback=_size, help="Guest RAM (e.g. 256M, 1G).")
+@click.option("--smp", default=1, show_default=True, type=click.IntRange(1, 8), help="Number of vCPUs.")
+@click.option("--cpu", "cpu_model", default="default", show_default=True, help="CPU model: default, host, with +feat/-feat (e.g. host,-avx).")
+@click.option("--extra-initrd", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Append a cpio archive to the initramfs (repeatable).")
+@click.option("--device", "devices", multiple=True, callback=_device_specs, help="Add a device: NAME,key=value,... ('--device help' lists them, 'NAME,help' its options).")
+@click.option("--boot-protocol", type=click.Choice(["auto", "pvh", "linux64"]), default="auto", show_default=True, help="Kernel entry: PVH (32-bit) or the 64-bit boot protocol.")
+@click.option("--serial-log", type=click.Path(path_type=Path, dir_okay=False), help="Also write the guest console to this file.")
+@click.option("--timeout", type=float, help="Stop the VM after this many seconds (exit status 124).")
+@_verbosity_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
+        serial_log, timeout, verbose, trace, command):
+    """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
+    pyvmm_log.setup(verbose, trace)
+    if kernel is None:
+        from pyvmm.guestimage import build_default_guest
+
+        image = build_default_guest(progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
+        kernel = image.vmlinux
+        initrds = [initrd or image.initramfs]
+        base_cmdline = image.cmdline
+    else:
+        initrds = [initrd] if initrd else []
+        base_cmdline = "console=ttyS0"
+    cmdline = append if append is not None else base_cmdline
+    cmdline = " ".join([cmdline, *append_extra]).strip()
+    initrds.extend(extra_initrd)
+    extra_data = []
+    if command:
+        from pyvmm.cpio import build_cpio
+
+        script = shlex.join(command) + "\n"
+        extra_data.append(build_cpio([("etc/pyvmm/cmd", script.encode(), 0o644)]))
+    config = MachineConfig(
+        kernel=kernel,
+        cmdline=cmdline,
+        initrds=initrds,
+        mem_size=mem_size,
+        vcpus=smp,
+        cpu_model=cpu_model,
+        devices=list(devices),
+        boot_protocol=boot_protocol,
+        serial_log=serial_log,
+        extra_initrd_data=extra_data,
+    )
+    config.validate()
+    from pyvmm.vm import run_vm
+
+    sys.exit(run_vm(config, timeout=timeout))
+
+
+@main.group()
+def guest():
+    """Build and inspect the default guest (kernel + initramfs)."""
+
+
+@guest.command("build")
+@click.option("--debug", is_flag=True, help="Build the debug variant (debug info for gdb, lockdep).")
+@click.option("--force", is_flag=True, help="Rebuild even if the cached image matches the recipe.")
+def guest_build(debug, force):
+    """Build the default guest from Debian packages (cached under ~/.cache/pyvmm)."""
+    from pyvmm.guestimage import build_default_guest
+
+    image = build_default_guest(debug=debug, force=force, progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
+    click.echo(f"kernel:    {image.vmlinux}")
+    click.echo(f"bzImage:   {image.bzimage}")
+    click.echo(f"initramfs: {image.initramfs}")
+    click.echo(f"cmdline:   {image.cmdline}")
+
+
+@main.command("vhost-user")
+@click.argument("device")
+@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False), help="Unix socket to listen on.")
+@click.option("--once", is_flag=True, help="Exit when the first front end disconnects.")
+@_verbosity_options
+@click.argument("options", nargs=-1)
+def vhost_user(device, socket_path, once, verbose, trace, options):
+    """Serve DEVICE (e.g. snd or virtio-snd) as a vhost-user back end; OPTIONS are key=value device options."""
+    pyvmm_log.setup(verbose, trace)
+    from pyvmm import plugins
+    from pyvmm.vhost_user import serve
+
+    spec = DeviceSpec.parse(",".join([device, *options]))
+    if spec.name not in plugins.available_devices() and f"virtio-{spec.name}" in plugins.available_devices():
+        spec = DeviceSpec(f"virtio-{spec.name}", spec.options)
+    serve(plugins.create_device(spec), socket_path, once=once)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""MachineConfig: what the user asked for, validated once, before any KVM object exists."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyvmm.errors import VmmError
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+#: Guest RAM bounds: the kernel needs a few MiB; above 64 GiB the page tables we build do not reach.
+MIN_MEM = 16 * MiB
+MAX_MEM = 64 * GiB
+MAX_VCPUS = 8
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": MiB, "K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Parse a memory size the way QEMU's ``-m`` does: a bare number is MiB, suffixes K/M/G/T."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise VmmError(f"bad memory size {text!r}: use a number with an optional K/M/G suffix, e.g. 256M or 1G")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One ``--device NAME,key=value,...`` option."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> DeviceSpec:
+        """Split QEMU-style ``name,key=value,flag``; ``,,`` stands for a literal comma."""
+        parts, current, i = [], [], 0
+        while i < len(text):
+            if text[i] == ",":
+                if text[i + 1:i + 2] == ",":
+                    current.append(",")
+                    i += 2
+                    continue
+                parts.append("".join(current))
+                current = []
+            else:
+                current.append(text[i])
+            i += 1
+        parts.append("".join(current))
+        name, *rest = parts
+        if not name:
+            raise VmmError(f"bad --device {text!r}: it must start with a device name")
+        options: dict[str, str] = {}
+        for item in rest:
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if key in options:
+                raise VmmError(f"bad --device {text!r}: option {key!r} given twice")
+            options[key] = value if sep else "on"
+        return cls(name, options)
+
+
+@dataclass
+class MachineConfig:
+    kernel: Path
+    cmdline: str
+    initrds: list[Path] = field(default_factory=list)
+    mem_size: int = 256 * MiB
+    vcpus: int = 1
+    cpu_model: str = "default"
+    devices: list[DeviceSpec] = field(default_factory=list)
+    boot_protocol: str = "auto"
+    serial_log: Path | None = None
+    extra_initrd_data: list[bytes] = field(default_factory=list)
+    """cpio archives made by the CLI itself (e.g. the command for ``pyvmm run -- CMD``)."""
+
+    def validate(self) -> None:
+        if not self.kernel.is_file():
+            raise VmmError(f"kernel {self.kernel} does not exist or is not a file")
+        if not os.access(self.kernel, os.R_OK):
+            raise VmmError(f"kernel {self.kernel} is not readable")
+        for initrd in self.initrds:
+            if not initrd.is_file():
+                raise VmmError(f"initrd {initrd} does not exist or is not a file")
+        if not MIN_MEM <= self.mem_size <= MAX_MEM:
+            raise VmmError(
+                f"memory size {self.mem_size // MiB} MiB is out of range "
+                f"({MIN_MEM // MiB} MiB to {MAX_MEM // GiB} GiB)"
+            )
+        if not 1 <= self.vcpus <= MAX_VCPUS:
+            raise VmmError(f"--smp {self.vcpus} is out of range (1 to {MAX_VCPUS})")
+        if self.boot_protocol not in ("auto", "pvh", "linux64"):
+            raise VmmError(f"unknown boot protocol {self.boot_protocol!r} (auto, pvh, linux64)")
+        if len(self.cmdline.encode()) >= 2048:
+            raise VmmError("kernel command line is longer than the 2047 bytes Linux accepts")
