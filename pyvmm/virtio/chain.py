@@ -1,0 +1,216 @@
+"""A validated descriptor chain and the reader/writer that hide its descriptor boundaries.
+
+A chain is parsed and checked once, when :meth:`SplitQueue.pop` takes it off the avail ring;
+afterwards it is just two lists of zero-copy numpy views into guest RAM (the device-readable
+and device-writable buffers, in chain order). Devices never look at descriptors: they read
+the readable part as one byte stream and write the writable part as another, however the
+driver happened to split the message.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+from typing import Iterator, TypeVar
+
+import numpy as np
+
+T = TypeVar("T", bound=ctypes.Structure)
+
+BytesLike = bytes | bytearray | memoryview | np.ndarray
+
+
+class ShortChainError(ValueError):
+    """A device asked to read or write past the end of a chain's readable/writable part.
+
+    Guest buffers that are too small for a request are the driver's fault; a device checks
+    ``remaining`` first or catches this and answers with its spec's error status.
+    """
+
+
+def _as_bytes_array(data: BytesLike | ctypes.Structure) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+
+
+class _Segments:
+    """Byte positions across a list of buffers, so a range can be mapped to buffer slices."""
+
+    __slots__ = ("buffers", "starts", "total")
+
+    def __init__(self, buffers: list[np.ndarray]):
+        self.buffers = buffers
+        self.starts: list[int] = []
+        pos = 0
+        for buf in buffers:
+            self.starts.append(pos)
+            pos += len(buf)
+        self.total = pos
+
+    def pieces(self, start: int, length: int) -> Iterator[np.ndarray]:
+        """Views covering ``[start, start+length)`` of the concatenated buffers."""
+        end = start + length
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < end:
+            buf = self.buffers[i]
+            off = start - self.starts[i]
+            n = min(len(buf) - off, end - start)
+            if n > 0:
+                yield buf[off:off + n]
+                start += n
+            i += 1
+
+
+class DescriptorChain:
+    """One driver request: the head index plus its readable and writable guest buffers."""
+
+    __slots__ = ("head", "readable", "writable", "descriptors", "_r", "_w")
+
+    def __init__(self, head: int, readable: list[np.ndarray], writable: list[np.ndarray],
+                 descriptors: list[tuple[int, int, int]] | None = None):
+        self.head = head
+        self.readable = readable
+        """Zero-copy uint8 views of the device-readable buffers, in chain order."""
+        self.writable = writable
+        """Zero-copy uint8 views of the device-writable buffers, in chain order."""
+        self.descriptors = descriptors or []
+        """``(guest_addr, length, flags)`` of every buffer descriptor, for tracing and debugging."""
+        self._r = _Segments(readable)
+        self._w = _Segments(writable)
+
+    @property
+    def readable_len(self) -> int:
+        return self._r.total
+
+    @property
+    def writable_len(self) -> int:
+        return self._w.total
+
+    def reader(self) -> ChainReader:
+        return ChainReader(self._r)
+
+    def writer(self) -> ChainWriter:
+        return ChainWriter(self._w)
+
+    def __repr__(self) -> str:
+        return (f"DescriptorChain(head={self.head}, readable={self.readable_len}"
+                f"/{len(self.readable)} bufs, writable={self.writable_len}/{len(self.writable)} bufs)")
+
+
+class ChainReader:
+    """Sequential reads over a chain's device-readable bytes."""
+
+    def __init__(self, segments: _Segments):
+        self._segs = segments
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return self._segs.total - self._pos
+
+    @property
+    def consumed(self) -> int:
+        return self._pos
+
+    def _claim(self, n: int) -> int:
+        if n < 0:
+            n = self.remaining
+        if n > self.remaining:
+            raise ShortChainError(f"read of {n} bytes, only {self.remaining} readable bytes left")
+        start = self._pos
+        self._pos += n
+        return start
+
+    def read(self, n: int = -1) -> bytes:
+        """The next ``n`` bytes (all remaining bytes if ``n`` is negative)."""
+        start = self._claim(n)
+        n = self._pos - start
+        return b"".join(p.tobytes() for p in self._segs.pieces(start, n))
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Fill ``out`` (any contiguous array; its bytes are overwritten) and return the byte count."""
+        dest = out.view(np.uint8).reshape(-1)
+        start = self._claim(len(dest))
+        pos = 0
+        for piece in self._segs.pieces(start, len(dest)):
+            dest[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        return pos
+
+    def read_array(self, n: int = -1) -> np.ndarray:
+        """The next ``n`` bytes as a new uint8 array (a copy: the guest may rewrite its buffer)."""
+        start = self._claim(n)
+        n = self._pos - start
+        out = np.empty(n, dtype=np.uint8)
+        pos = 0
+        for piece in self._segs.pieces(start, n):
+            out[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        return out
+
+    def read_struct(self, struct_type: type[T]) -> T:
+        return struct_type.from_buffer_copy(self.read(ctypes.sizeof(struct_type)))
+
+    def skip(self, n: int) -> None:
+        self._claim(n)
+
+
+class ChainWriter:
+    """Sequential writes over a chain's device-writable bytes, plus writes at the very end.
+
+    ``write_at_end`` serves messages whose status sits in the last writable bytes (e.g. a
+    virtio-snd capture buffer): it fills the tail and shrinks the area later ``write`` calls
+    may use, so payload and status can never overlap.
+    """
+
+    def __init__(self, segments: _Segments):
+        self._segs = segments
+        self._pos = 0
+        self._end = segments.total
+        self._tail = 0
+
+    @property
+    def remaining(self) -> int:
+        return self._end - self._pos
+
+    @property
+    def written(self) -> int:
+        """Bytes written so far from the start plus bytes written at the end: the used length."""
+        return self._pos + self._tail
+
+    def _copy(self, start: int, src: np.ndarray) -> None:
+        pos = 0
+        for piece in self._segs.pieces(start, len(src)):
+            piece[:] = src[pos:pos + len(piece)]
+            pos += len(piece)
+
+    def write(self, data: BytesLike | ctypes.Structure) -> int:
+        src = _as_bytes_array(data)
+        if len(src) > self.remaining:
+            raise ShortChainError(f"write of {len(src)} bytes, only {self.remaining} writable bytes left")
+        self._copy(self._pos, src)
+        self._pos += len(src)
+        return len(src)
+
+    def write_struct(self, value: ctypes.Structure) -> int:
+        return self.write(value)
+
+    def fill(self, n: int, value: int = 0) -> int:
+        """Write ``n`` copies of the byte ``value`` (e.g. silence)."""
+        if n > self.remaining:
+            raise ShortChainError(f"fill of {n} bytes, only {self.remaining} writable bytes left")
+        for piece in self._segs.pieces(self._pos, n):
+            piece[:] = value
+        self._pos += n
+        return n
+
+    def write_at_end(self, data: BytesLike | ctypes.Structure) -> int:
+        """Write ``data`` so that it ends at the end of the still-unused writable area."""
+        src = _as_bytes_array(data)
+        if len(src) > self.remaining:
+            raise ShortChainError(f"tail write of {len(src)} bytes, only {self.remaining} writable bytes left")
+        self._end -= len(src)
+        self._copy(self._end, src)
+        self._tail += len(src)
+        return len(src)

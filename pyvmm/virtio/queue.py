@@ -1,0 +1,394 @@
+"""The device side of a split virtqueue (virtio spec 2.7): avail ring in, used ring out.
+
+Every value the driver wrote is distrusted. What happens to bad input:
+
+* Ring layout (size, addresses, alignment, RAM) is checked by :meth:`SplitQueue.enable`,
+  which raises :class:`InvalidQueueError`; the transport logs it and refuses the queue.
+* A *malformed chain* (bad descriptor: index out of range, loop, readable after writable,
+  bad indirect table, buffer outside RAM, length overflow, indirect not negotiated) is
+  logged as one WARNING line naming the queue and head, returned to the used ring with
+  length 0 (so the driver gets its descriptors back and sees an empty answer) and skipped:
+  :meth:`pop` carries on with the next chain. The device never sees it.
+* A *broken ring* (avail idx more than the queue size ahead, a head index >= size) cannot be
+  answered through the ring: the queue stops (``broken``) and calls ``request_reset`` so the
+  transport sets DEVICE_NEEDS_RESET.
+* Zero-length descriptors are accepted and ignored (the spec does not forbid them; Linux does
+  not create them).
+* A chain may have at most ``size`` descriptors (spec 2.7.5.3.1), indirect ones included.
+
+Memory ordering (x86-64, TSO): ring index fields are read and written through aligned numpy
+uint16/uint32 views, i.e. single loads/stores that cannot tear. The avail idx is read before
+the ring entries it covers and used entries are stored before the used idx (loads are not
+reordered with loads, nor stores with stores). The two places that need store->load order
+(publishing avail_event then re-reading avail idx; publishing used idx then reading
+used_event) go through :func:`full_barrier`.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from typing import Callable
+
+import numpy as np
+
+from pyvmm.errors import GuestMemoryError
+from pyvmm.memory import GuestMemory
+from pyvmm.virtio import constants as C
+from pyvmm.virtio.chain import ChainReader, ChainWriter, DescriptorChain, ShortChainError
+
+__all__ = [
+    "SplitQueue", "DescriptorChain", "ChainReader", "ChainWriter", "ShortChainError",
+    "InvalidQueueError", "ChainError", "full_barrier", "need_event",
+]
+
+log = logging.getLogger(__name__)
+
+_DESC = struct.Struct("<QIHH")
+_U64 = 1 << 64
+_MAX_CHAIN_BYTES = (1 << 32) - 1
+_WARNINGS_PER_QUEUE = 20
+
+_barrier_lock = threading.Lock()
+
+
+def full_barrier() -> None:
+    """A full memory fence: taking a lock is a locked read-modify-write on x86 (mfence-equivalent)."""
+    _barrier_lock.acquire()
+    _barrier_lock.release()
+
+
+def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
+    """Spec 2.7.10 / vring_need_event: did the index pass ``event_idx`` going from old to new?"""
+    return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+class InvalidQueueError(ValueError):
+    """The driver configured a queue the device cannot use (size, alignment, address)."""
+
+
+class ChainError(ValueError):
+    """A malformed descriptor chain (internal to :meth:`SplitQueue.pop`)."""
+
+
+class _BrokenRing(Exception):
+    pass
+
+
+def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]:
+    """Zero-copy views of ``[addr, addr+length)``, one per memory region it crosses."""
+    if addr + length > _U64:
+        raise GuestMemoryError(f"guest buffer {addr:#x}+{length:#x} overflows 64 bits")
+    views = []
+    end = addr + length
+    while addr < end:
+        for region in memory.regions:
+            if region.guest_addr <= addr < region.end:
+                n = min(end, region.end) - addr
+                off = addr - region.guest_addr
+                views.append(region.array[off:off + n])
+                addr += n
+                break
+        else:
+            raise GuestMemoryError(f"guest buffer {addr:#x}..{end:#x} is outside guest RAM")
+    return views
+
+
+class SplitQueue:
+    """One split virtqueue as the device sees it. Used from the device event loop thread only
+    (configuration happens before activation, on the transport's register path)."""
+
+    def __init__(self, memory: GuestMemory | None, max_size: int, index: int = 0, name: str | None = None):
+        if not 1 <= max_size <= C.MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue max size {max_size} is not a power of two in 1..{C.MAX_QUEUE_SIZE}")
+        self.memory = memory
+        """Guest RAM; a front end that remaps memory (vhost-user) sets it and calls :meth:`enable` again."""
+        self.max_size = max_size
+        self.index = index
+        self.name = name or f"queue{index}"
+        self.signal_used: Callable[[], None] | None = None
+        """Called after :meth:`pop` returned a malformed chain to the used ring (the transport signals)."""
+        self.request_reset: Callable[[str], None] | None = None
+        """Called when the ring itself is broken (the transport sets DEVICE_NEEDS_RESET)."""
+        self.reset()
+
+    # -- configuration ------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to the power-on state (spec 4.2.3.1: the driver reconfigures every queue)."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.next_avail = 0
+        self.next_used = 0
+        self.event_idx = False
+        self.indirect = False
+        self.broken = False
+        self._signalled_used = 0
+        self._signalled_valid = False
+        self._warnings = 0
+        self._desc: np.ndarray | None = None
+        self._avail: np.ndarray | None = None
+        self._used16: np.ndarray | None = None
+        self._used32: np.ndarray | None = None
+
+    def apply_features(self, features: int) -> None:
+        """Take RING_EVENT_IDX / RING_INDIRECT_DESC from the negotiated feature bits."""
+        self.event_idx = bool(features & C.bit(C.RING_EVENT_IDX))
+        self.indirect = bool(features & C.bit(C.RING_INDIRECT_DESC))
+
+    def check_layout(self) -> None:
+        """Raise :class:`InvalidQueueError` unless size and ring addresses are usable."""
+        size = self.size
+        if not 1 <= size <= self.max_size or size & (size - 1):
+            raise InvalidQueueError(f"{self.name}: size {size} is not a power of two in 1..{self.max_size}")
+        if self.memory is None:
+            raise InvalidQueueError(f"{self.name}: no guest memory")
+        parts = (
+            ("descriptor table", self.desc_table, C.desc_table_size(size), C.DESC_TABLE_ALIGN),
+            ("avail ring", self.avail_ring, C.avail_ring_size(size, self.event_idx), C.AVAIL_RING_ALIGN),
+            ("used ring", self.used_ring, C.used_ring_size(size, self.event_idx), C.USED_RING_ALIGN),
+        )
+        for what, addr, length, align in parts:
+            if addr % align:
+                raise InvalidQueueError(f"{self.name}: {what} at {addr:#x} is not {align}-byte aligned")
+            try:
+                self.memory.view(addr, length)
+            except GuestMemoryError:
+                raise InvalidQueueError(
+                    f"{self.name}: {what} {addr:#x}+{length:#x} is not inside one guest RAM region") from None
+
+    def enable(self) -> None:
+        """Validate the layout and start using the rings (QueueReady=1 / vring enable)."""
+        self.check_layout()
+        mem = self.memory
+        size = self.size
+        self._desc = mem.view(self.desc_table, C.desc_table_size(size))
+        self._avail = mem.view(self.avail_ring, C.avail_ring_size(size, self.event_idx)).view(np.uint16)
+        used = mem.view(self.used_ring, C.used_ring_size(size, self.event_idx))
+        self._used16 = used.view(np.uint16)
+        self._used32 = used[:4 + C.USED_ELEM_SIZE * size].view(np.uint32)
+        self._signalled_used = self.next_used
+        self._signalled_valid = False
+        self.broken = False
+        self.ready = True
+
+    def disable(self) -> None:
+        self.ready = False
+
+    # -- avail side ---------------------------------------------------------------------
+
+    def avail_idx(self) -> int:
+        return int(self._avail[1])
+
+    def avail_flags(self) -> int:
+        return int(self._avail[0])
+
+    def used_event(self) -> int:
+        return int(self._avail[2 + self.size])
+
+    def pending(self) -> int:
+        """Chains the driver has made available that :meth:`pop` has not taken yet."""
+        if not self.ready or self.broken:
+            return 0
+        return (self.avail_idx() - self.next_avail) & 0xFFFF
+
+    def set_avail_event(self, idx: int) -> None:
+        """Ask the driver (EVENT_IDX) to notify once avail idx moves past ``idx``."""
+        self._used16[2 + 4 * self.size] = idx & 0xFFFF
+
+    def set_no_notify(self, suppress: bool) -> None:
+        """Without EVENT_IDX: VIRTQ_USED_F_NO_NOTIFY tells the driver kicks are not needed."""
+        self._used16[0] = C.VIRTQ_USED_F_NO_NOTIFY if suppress else 0
+
+    def enable_notification(self) -> bool:
+        """Ask for a kick on the next new buffer; True if buffers arrived meanwhile (pop again)."""
+        if not self.ready or self.broken:
+            return False
+        if self.event_idx:
+            self.set_avail_event(self.next_avail)
+        else:
+            self.set_no_notify(False)
+        full_barrier()
+        return self.avail_idx() != self.next_avail
+
+    def pop(self) -> DescriptorChain | None:
+        """The next valid chain, or None when the ring is empty (or not ready, or broken).
+
+        With EVENT_IDX, an empty ring re-arms avail_event so the driver kicks for the next
+        buffer. Malformed chains are returned to the driver and skipped (see module doc).
+        """
+        while True:
+            if not self.ready or self.broken:
+                return None
+            avail_idx = self.avail_idx()
+            if avail_idx == self.next_avail:
+                if not self.event_idx or not self.enable_notification():
+                    return None
+                continue
+            try:
+                head = self._next_head(avail_idx)
+            except _BrokenRing as e:
+                self._break(str(e))
+                return None
+            try:
+                return self._parse_chain(head)
+            except ChainError as e:
+                self._warn(f"chain head {head}: {e}; returned to the driver with length 0")
+                self._put_used(head, 0)
+                if self.signal_used is not None:
+                    self.signal_used()
+
+    def undo_pop(self) -> None:
+        """Put the last popped chain back (a device that cannot handle it yet)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
+    def _next_head(self, avail_idx: int) -> int:
+        pending = (avail_idx - self.next_avail) & 0xFFFF
+        if pending > self.size:
+            raise _BrokenRing(f"avail idx {avail_idx} is {pending} ahead of {self.next_avail}, "
+                              f"more than the queue size {self.size}")
+        head = int(self._avail[2 + self.next_avail % self.size])
+        if head >= self.size:
+            raise _BrokenRing(f"avail ring entry {self.next_avail % self.size} names head {head} "
+                              f">= queue size {self.size}")
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        return head
+
+    def _parse_chain(self, head: int) -> DescriptorChain:
+        readable: list[np.ndarray] = []
+        writable: list[np.ndarray] = []
+        descriptors: list[tuple[int, int, int]] = []
+        totals = [0, 0]
+        budget = self.size
+        table = self._desc
+        table_len = self.size
+        index = head
+        visited: set[int] = set()
+        in_indirect = False
+        seen_writable = False
+        where = "descriptor"
+        while True:
+            if index in visited:
+                raise ChainError(f"{where} {index} visited twice (loop)")
+            visited.add(index)
+            budget -= 1
+            if budget < 0:
+                raise ChainError(f"chain longer than the queue size {self.size}")
+            addr, length, flags, nxt = _DESC.unpack_from(table, index * C.DESC_SIZE)
+            if flags & C.VIRTQ_DESC_F_INDIRECT:
+                if in_indirect:
+                    raise ChainError(f"{where} {index} is a nested indirect descriptor")
+                if not self.indirect:
+                    raise ChainError(f"{where} {index} is indirect but RING_INDIRECT_DESC was not negotiated")
+                if flags & C.VIRTQ_DESC_F_NEXT:
+                    raise ChainError(f"indirect descriptor {index} also has the NEXT flag")
+                if length == 0 or length % C.DESC_SIZE:
+                    raise ChainError(f"indirect table length {length} is not a non-zero multiple of 16")
+                table_len = length // C.DESC_SIZE
+                if table_len > budget + 1:
+                    raise ChainError(f"indirect table of {table_len} descriptors makes the chain longer "
+                                     f"than the queue size {self.size}")
+                try:
+                    table = self.memory.read(addr, length) if addr + length <= _U64 else None
+                except GuestMemoryError:
+                    table = None
+                if table is None:
+                    raise ChainError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
+                budget += 1  # the indirect descriptor itself carries no buffer
+                in_indirect = True
+                where = "indirect descriptor"
+                visited = set()
+                index = 0
+                continue
+            writable_desc = bool(flags & C.VIRTQ_DESC_F_WRITE)
+            if writable_desc:
+                seen_writable = True
+            elif seen_writable:
+                raise ChainError(f"readable {where} {index} follows a writable one")
+            if length:
+                try:
+                    views = guest_views(self.memory, addr, length)
+                except GuestMemoryError as e:
+                    raise ChainError(f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
+                totals[writable_desc] += length
+                if totals[writable_desc] > _MAX_CHAIN_BYTES:
+                    raise ChainError("total buffer length exceeds 2^32-1 bytes")
+                (writable if writable_desc else readable).extend(views)
+                descriptors.append((addr, length, flags))
+            if not flags & C.VIRTQ_DESC_F_NEXT:
+                break
+            if nxt >= table_len:
+                raise ChainError(f"{where} {index}: next index {nxt} >= "
+                                 f"{'table length' if in_indirect else 'queue size'} {table_len}")
+            index = nxt
+        return DescriptorChain(head, readable, writable, descriptors)
+
+    def _break(self, reason: str) -> None:
+        self.broken = True
+        log.warning("virtio %s: broken avail ring: %s; queue stopped, device needs reset", self.name, reason)
+        if self.request_reset is not None:
+            self.request_reset(f"{self.name}: {reason}")
+
+    def _warn(self, message: str) -> None:
+        self._warnings += 1
+        if self._warnings <= _WARNINGS_PER_QUEUE:
+            log.warning("virtio %s: %s", self.name, message)
+            if self._warnings == _WARNINGS_PER_QUEUE:
+                log.warning("virtio %s: further malformed-chain reports are logged at DEBUG", self.name)
+        else:
+            log.debug("virtio %s: %s", self.name, message)
+
+    # -- used side ----------------------------------------------------------------------
+
+    def add_used(self, chain: DescriptorChain | int, written: int) -> None:
+        """Return a chain to the driver; ``written`` bytes of its writable part are valid."""
+        if not self.ready:
+            log.debug("virtio %s: add_used on a queue that is not ready (reset?): dropped", self.name)
+            return
+        if isinstance(chain, DescriptorChain):
+            head = chain.head
+            if written > chain.writable_len:
+                log.warning("virtio %s: device claims %d bytes written to chain %d which has only %d "
+                            "writable bytes; clamped", self.name, written, head, chain.writable_len)
+                written = chain.writable_len
+        else:
+            head = chain
+        self._put_used(head, written)
+
+    def _put_used(self, head: int, written: int) -> None:
+        slot = self.next_used % self.size
+        self._used32[1 + 2 * slot] = head
+        self._used32[2 + 2 * slot] = written
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        self._used16[1] = self.next_used  # after the element: x86 keeps stores in order
+
+    def used_idx(self) -> int:
+        return int(self._used16[1])
+
+    def needs_notification(self) -> bool:
+        """Should the driver be interrupted for the used entries added since the last call?
+
+        Spec 2.7.10: with EVENT_IDX only when used idx passed ``used_event``, otherwise unless
+        the driver set VIRTQ_AVAIL_F_NO_INTERRUPT. Never when nothing was added.
+        """
+        if not self.ready:
+            return False
+        full_barrier()  # our used idx store must be visible before we read the driver's flags
+        new = self.next_used
+        old = self._signalled_used
+        valid = self._signalled_valid
+        self._signalled_used = new
+        self._signalled_valid = True
+        if old == new:
+            return False
+        if self.event_idx:
+            return not valid or need_event(self.used_event(), new, old)
+        return not self.avail_flags() & C.VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def __repr__(self) -> str:
+        return (f"SplitQueue({self.name}, size={self.size}, ready={self.ready}, "
+                f"avail={self.next_avail}, used={self.next_used})")
