@@ -1,0 +1,52 @@
+"""vhost-user back end: serve any :class:`~pyvmm.virtio.device.VirtioDevice` to QEMU over a unix socket.
+
+``serve(device, socket_path)`` is the whole public surface for the CLI; the pieces are
+``messages`` (wire format), ``connection`` (framing and fds), ``memory_map`` (the front
+end's RAM), ``vring`` (per-ring set-up), ``backend`` (the request handlers and device
+lifecycle) and ``server`` (the listening socket).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.vhost_user.backend import VhostUserBackend
+from pyvmm.vhost_user.server import VhostUserServer
+from pyvmm.virtio.device import VirtioDevice
+
+__all__ = ["serve", "VhostUserBackend", "VhostUserServer"]
+
+log = logging.getLogger(__name__)
+
+
+def serve(device: VirtioDevice, socket_path: str, once: bool = False) -> None:
+    """Serve ``device`` on ``socket_path`` until SIGTERM/SIGINT (or, with ``once``, until the
+    first front end disconnects); then stop the device and ``close()`` it."""
+    events = DeviceEventLoop("vhost-user").start()
+    server = VhostUserServer(device, socket_path, events, once=once)
+    previous: dict[int, object] = {}
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        server.finished.set()
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        server.start()
+        while not server.finished.wait(0.5):
+            pass
+    finally:
+        try:
+            server.stop()
+        finally:
+            try:
+                device.close()
+            finally:
+                events.stop()
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)

@@ -1,0 +1,137 @@
+"""The front end's guest RAM as the back end sees it: mapped region fds plus address translation.
+
+The front end describes each region by three addresses: guest-physical, its own
+user-space address and the offset in the fd. Ring addresses arrive as front-end
+user-space addresses and are translated to guest-physical here; descriptors carry
+guest-physical addresses, which :class:`~pyvmm.memory.GuestMemory` resolves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from pyvmm.errors import GuestMemoryError
+from pyvmm.memory import GuestMemory, MemoryRegion
+from pyvmm.vhost_user.connection import RequestError
+from pyvmm.vhost_user.messages import MemoryRegionDesc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    guest_addr: int
+    size: int
+    user_addr: int
+    mmap_offset: int
+
+    @classmethod
+    def from_desc(cls, desc: MemoryRegionDesc) -> RegionInfo:
+        return cls(desc.guest_phys_addr, desc.memory_size, desc.userspace_addr, desc.mmap_offset)
+
+    def same_range(self, other: RegionInfo) -> bool:
+        """REM_MEM_REG identifies a region by guest address, user address and size."""
+        return (self.guest_addr, self.user_addr, self.size) == (other.guest_addr, other.user_addr, other.size)
+
+    def __str__(self) -> str:
+        return (f"gpa {self.guest_addr:#x}+{self.size:#x} (front-end va {self.user_addr:#x},"
+                f" fd offset {self.mmap_offset:#x})")
+
+
+class FrontendMemoryMap:
+    """Regions shared by the front end, exposed as one long-lived :class:`GuestMemory`.
+
+    ``memory`` stays the same object for the life of the map: when the front end changes
+    the table, its regions are swapped in place so a running device and its queues see the
+    new mappings without being rebuilt.
+    """
+
+    def __init__(self, max_regions: int):
+        self.max_regions = max_regions
+        self.memory = GuestMemory([])
+        self._entries: list[tuple[RegionInfo, MemoryRegion]] = []
+
+    @property
+    def regions(self) -> list[RegionInfo]:
+        return [info for info, _ in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- changes --------------------------------------------------------------------
+
+    def set_table(self, infos: list[RegionInfo], fds: list[int]) -> None:
+        """SET_MEM_TABLE: replace every region. Takes ownership of ``fds`` (closed on failure)."""
+        if len(infos) != len(fds):
+            for fd in fds:
+                os.close(fd)
+            raise RequestError(f"memory table has {len(infos)} regions but {len(fds)} fds")
+        new_entries = []
+        try:
+            for i, info in enumerate(infos):
+                new_entries.append((info, self._map(info, fds[i])))
+                fds[i] = -1
+            self._install(new_entries, retire=[region for _, region in self._entries])
+        except BaseException:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+            for _, region in new_entries:
+                region.close()
+            raise
+
+    def add(self, info: RegionInfo, fd: int) -> None:
+        """ADD_MEM_REG. Takes ownership of ``fd``."""
+        if len(self._entries) >= self.max_regions:
+            os.close(fd)
+            raise RequestError(f"no free memory slot for {info} (limit {self.max_regions})")
+        region = self._map(info, fd)
+        try:
+            self._install([*self._entries, (info, region)], retire=[])
+        except BaseException:
+            region.close()
+            raise
+
+    def remove(self, info: RegionInfo) -> None:
+        """REM_MEM_REG."""
+        for i, (known, region) in enumerate(self._entries):
+            if known.same_range(info):
+                self._install(self._entries[:i] + self._entries[i + 1:], retire=[region])
+                return
+        raise RequestError(f"REM_MEM_REG for unknown region {info}")
+
+    def clear(self) -> None:
+        self._install([], retire=[region for _, region in self._entries])
+
+    def _map(self, info: RegionInfo, fd: int) -> MemoryRegion:
+        if info.size == 0:
+            os.close(fd)
+            raise RequestError(f"empty memory region {info}")
+        try:
+            region = MemoryRegion.from_fd(info.guest_addr, info.size, fd, info.mmap_offset)
+        except (OSError, ValueError, OverflowError) as exc:
+            os.close(fd)
+            raise RequestError(f"cannot map memory region {info}: {exc}") from None
+        log.debug("mapped %s", info)
+        return region
+
+    def _install(self, entries: list[tuple[RegionInfo, MemoryRegion]], retire: list[MemoryRegion]) -> None:
+        try:
+            checked = GuestMemory([region for _, region in entries])
+        except GuestMemoryError as exc:
+            raise RequestError(str(exc)) from None
+        self._entries = sorted(entries, key=lambda entry: entry[0].guest_addr)
+        self.memory.regions = checked.regions
+        for region in retire:
+            region.close()
+
+    # -- translation ----------------------------------------------------------------
+
+    def user_to_guest(self, user_addr: int, length: int = 1) -> int:
+        """Translate a front-end user-space range to guest-physical (one region only)."""
+        for info, _ in self._entries:
+            if info.user_addr <= user_addr and user_addr + length <= info.user_addr + info.size:
+                return info.guest_addr + (user_addr - info.user_addr)
+        raise RequestError(f"front-end address {user_addr:#x}+{length:#x} is in no memory region")

@@ -1,0 +1,133 @@
+"""A Python vhost-user front end for tests: what QEMU does, driven step by step.
+
+Guest RAM is a memfd (shared with the back end by fd); "front-end user addresses" are the
+guest-physical addresses plus ``USER_OFFSET``, so a back end that forgets to translate
+ring addresses reads the wrong place. The guest driver's side of each ring is
+:class:`pyvmm.virtio.testing.DriverQueue`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import socket
+
+from pyvmm.memory import GuestMemory, MemoryRegion
+from pyvmm.vhost_user import messages as m
+from pyvmm.vhost_user.connection import Connection, Message
+from pyvmm.virtio import constants as vc
+from pyvmm.virtio.testing import DriverQueue, GuestAllocator
+
+USER_OFFSET = 0x7F00_0000_0000
+
+
+def wait_readable(fd: int, timeout: float = 5.0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def eventfd_fired(fd: int, timeout: float = 5.0) -> bool:
+    """Wait for an eventfd and consume its count."""
+    if not wait_readable(fd, timeout):
+        return False
+    os.read(fd, 8)
+    return True
+
+
+class FrontEnd:
+    """Sends vhost-user requests the way QEMU does and reads the replies."""
+
+    def __init__(self, sock: socket.socket, ram_size: int = 1 << 20, ram_base: int = 0):
+        self.conn = Connection(sock, timeout=5.0)
+        self.region = MemoryRegion.create(ram_base, ram_size, "vhost-test-ram")
+        self.memory = GuestMemory([self.region])
+        self.kick_fds: dict[int, int] = {}
+        self.call_fds: dict[int, int] = {}
+        self.err_fds: dict[int, int] = {}
+        self.alloc = GuestAllocator(self.memory, ram_base, ram_size)
+        self.rings: dict[int, DriverQueue] = {}
+        self.reply_ack = False
+
+    def close(self) -> None:
+        self.conn.close()
+        for fds in (self.kick_fds, self.call_fds, self.err_fds):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
+        self.memory.close()
+
+    # -- raw messages -------------------------------------------------------------------
+
+    def send(self, request: int, payload: bytes | ctypes.Structure = b"", fds=(), need_reply: bool = False) -> None:
+        flags = m.HeaderFlags.NEED_REPLY if need_reply else 0
+        self.conn.send(request, flags, bytes(payload), fds)
+
+    def recv(self) -> Message:
+        msg = self.conn.recv()
+        assert msg is not None, "back end closed the connection"
+        assert msg.flags == m.HeaderFlags.VERSION_1 | m.HeaderFlags.REPLY, f"reply flags {msg.flags:#x}"
+        return msg
+
+    def call(self, request: int, payload: bytes | ctypes.Structure = b"", fds=()) -> Message:
+        """A request that has a reply body."""
+        self.send(request, payload, fds)
+        reply = self.recv()
+        assert reply.request == request
+        return reply
+
+    def acked(self, request: int, payload: bytes | ctypes.Structure = b"", fds=()) -> int:
+        """A request sent with NEED_REPLY: returns the back end's u64 status (0 = success)."""
+        self.send(request, payload, fds, need_reply=True)
+        reply = self.recv()
+        assert reply.request == request
+        return reply.parse(m.U64).value
+
+    def get_u64(self, request: int) -> int:
+        return self.call(request).parse(m.U64).value
+
+    # -- set-up steps, in QEMU's order ---------------------------------------------------
+
+    def negotiate(self, protocol_features: int | None = None, features: int | None = None) -> int:
+        offered = self.get_u64(m.FrontendRequest.GET_FEATURES)
+        assert offered & vc.bit(m.VHOST_USER_F_PROTOCOL_FEATURES)
+        offered_protocol = self.get_u64(m.FrontendRequest.GET_PROTOCOL_FEATURES)
+        chosen = offered_protocol if protocol_features is None else protocol_features
+        self.send(m.FrontendRequest.SET_PROTOCOL_FEATURES, m.U64(chosen))
+        self.reply_ack = bool(chosen & (1 << m.ProtocolFeature.REPLY_ACK))
+        self.send(m.FrontendRequest.SET_OWNER)
+        acked = offered if features is None else features
+        assert self.acked(m.FrontendRequest.SET_FEATURES, m.U64(acked)) == 0
+        return acked
+
+    def region_desc(self) -> m.MemoryRegionDesc:
+        return m.MemoryRegionDesc(self.region.guest_addr, self.region.size,
+                                  self.region.guest_addr + USER_OFFSET, 0)
+
+    def set_mem_table(self) -> int:
+        table = bytes(m.MemoryTableHeader(1, 0)) + bytes(self.region_desc())
+        return self.acked(m.FrontendRequest.SET_MEM_TABLE, table, [self.region.fd])
+
+    def setup_ring(self, index: int, size: int, event_idx: bool = False, enable: bool = True) -> DriverQueue:
+        ring = DriverQueue(self.memory, self.alloc, size, event_idx)
+        self.rings[index] = ring
+        self.send(m.FrontendRequest.SET_VRING_NUM, m.VringState(index, size))
+        self.send(m.FrontendRequest.SET_VRING_BASE, m.VringState(index, 0))
+        addr = m.VringAddr(index, 0, ring.desc_table + USER_OFFSET, ring.used_ring + USER_OFFSET,
+                           ring.avail_ring + USER_OFFSET, 0)
+        assert self.acked(m.FrontendRequest.SET_VRING_ADDR, addr) == 0
+        self.kick_fds[index] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.call_fds[index] = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.send(m.FrontendRequest.SET_VRING_KICK, m.U64(index), [self.kick_fds[index]])
+        assert self.acked(m.FrontendRequest.SET_VRING_CALL, m.U64(index), [self.call_fds[index]]) == 0
+        if enable:
+            assert self.acked(m.FrontendRequest.SET_VRING_ENABLE, m.VringState(index, 1)) == 0
+        return ring
+
+    def kick(self, index: int) -> None:
+        os.write(self.kick_fds[index], (1).to_bytes(8, "little"))
+
+    def get_vring_base(self, index: int) -> int:
+        reply = self.call(m.FrontendRequest.GET_VRING_BASE, m.VringState(index, 0))
+        state = reply.parse(m.VringState)
+        assert state.index == index
+        return state.num
