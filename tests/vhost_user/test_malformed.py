@@ -1,0 +1,221 @@
+"""Bad input from the front end: refused with a failure status, or the connection closed; never a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyvmm.errors import VmmError
+from pyvmm.vhost_user import messages as m
+from pyvmm.vhost_user.server import bind_unix_listener
+
+from conftest import ECHO_FEATURE, connect
+from test_backend import start_device, wait_for
+from vhost_frontend import USER_OFFSET, eventfd_fired
+
+R = m.FrontendRequest
+
+
+def still_serving(fe) -> bool:
+    return bool(fe.get_u64(R.GET_FEATURES) & ECHO_FEATURE)
+
+
+@pytest.mark.parametrize("request_code, payload", [
+    (99, b""),                                          # unknown request
+    (R.SET_LOG_BASE, bytes(16)),                        # not offered
+    (R.SET_FEATURES, b"\x01\x02"),                      # short payload
+    (R.SET_VRING_NUM, bytes(m.VringState(7, 16))),      # no such ring
+    (R.SET_VRING_NUM, bytes(m.VringState(0, 3))),       # not a power of two
+    (R.SET_VRING_NUM, bytes(m.VringState(0, 1024))),    # above the device's maximum
+    (R.SET_VRING_BASE, bytes(m.VringState(0, 1 << 20))),
+    (R.SET_VRING_ENABLE, bytes(m.VringState(0, 5))),
+    (R.SET_VRING_ADDR, bytes(m.VringAddr(0, 0, 0x1000, 0x2000, 0x3000, 0))),  # no memory table yet
+    (R.SET_VRING_ADDR, bytes(m.VringAddr(0, 1, USER_OFFSET, USER_OFFSET, USER_OFFSET, 0))),  # dirty log
+    (R.SET_VRING_KICK, bytes(m.U64(0))),                # fd announced but not attached
+    (R.SET_MEM_TABLE, bytes(m.MemoryTableHeader(9, 0))),
+    (R.SET_MEM_TABLE, bytes(m.MemoryTableHeader(1, 0)) + bytes(m.MemoryRegionDesc(0, 4096, 0, 0))),  # no fd
+    (R.ADD_MEM_REG, bytes(m.SingleMemoryRegion())),     # no fd
+    (R.SET_STATUS, bytes(m.U64(0x1FF))),
+    (R.SET_CONFIG, bytes(m.ConfigHeader(0, 300, 0))),
+    (R.SET_BACKEND_REQ_FD, b""),                        # no fd
+])
+def test_refused_requests_get_a_failure_status(frontend, request_code, payload):
+    frontend.negotiate()
+    assert frontend.acked(request_code, payload) != 0
+    assert still_serving(frontend)
+
+
+def test_region_fd_that_cannot_be_mapped(frontend):
+    frontend.negotiate()
+    r, w = os.pipe()
+    try:
+        table = bytes(m.MemoryTableHeader(1, 0)) + bytes(m.MemoryRegionDesc(0, 4096, USER_OFFSET, 0))
+        assert frontend.acked(R.SET_MEM_TABLE, table, [r]) != 0
+    finally:
+        os.close(r)
+        os.close(w)
+    assert still_serving(frontend)
+
+
+def test_overlapping_regions_are_refused(frontend):
+    frontend.negotiate()
+    desc = frontend.region_desc()
+    table = bytes(m.MemoryTableHeader(2, 0)) + bytes(desc) + bytes(desc)
+    assert frontend.acked(R.SET_MEM_TABLE, table, [frontend.region.fd, frontend.region.fd]) != 0
+    assert still_serving(frontend)
+
+
+def test_broken_ring_does_not_crash(frontend, device):
+    """avail idx far ahead of the ring: the queue reports it, the server carries on."""
+    start_device(frontend, device)
+    ring = frontend.rings[0]
+    ring.set_avail_idx(1000)
+    frontend.kick(0)
+    time.sleep(0.2)
+    assert still_serving(frontend)
+
+
+def raw(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.settimeout(5)
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("data", [
+    bytes(m.Header(R.GET_FEATURES, 0x2, 0)),                       # wrong version
+    bytes(m.Header(R.SET_FEATURES, 0x1, m.MAX_PAYLOAD_SIZE + 1)),  # oversized payload
+    bytes(m.Header(R.GET_VRING_BASE, 0x1, 8)) + bytes(m.VringState(9, 0)),  # unanswerable GET
+])
+def test_framing_errors_close_the_connection_and_the_server_recovers(server, data):
+    sock = raw(server.socket_path)
+    with sock:
+        sock.sendall(data)
+        assert closed_by_peer(sock)
+    fe = connect(server.socket_path)
+    try:
+        assert still_serving(fe)
+    finally:
+        fe.close()
+
+
+def test_truncated_message_then_hang_up(server):
+    sock = raw(server.socket_path)
+    sock.sendall(bytes(m.Header(R.SET_FEATURES, 0x1, 8)) + b"\x01\x02")
+    sock.close()
+    fe = connect(server.socket_path)
+    try:
+        assert still_serving(fe)
+    finally:
+        fe.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request_code=st.integers(0, 50), flags=st.sampled_from([0x1, 0x9]), payload=st.binary(max_size=64))
+def test_random_requests_never_kill_the_server(server, request_code, flags, payload):
+    sock = raw(server.socket_path)
+    with sock:
+        sock.sendall(bytes(m.Header(request_code, flags, len(payload))) + payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(2)
+        try:
+            while sock.recv(4096):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+    fe = connect(server.socket_path)
+    try:
+        assert still_serving(fe)
+    finally:
+        fe.close()
+
+
+def test_bind_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path):
+    path = str(tmp_path / "s.sock")
+    live = bind_unix_listener(path)
+    with pytest.raises(VmmError, match="in use"):
+        bind_unix_listener(path)
+    live.close()  # the file stays behind, nobody listens: stale
+    bind_unix_listener(path).close()
+    other = tmp_path / "file"
+    other.write_text("x")
+    with pytest.raises(VmmError, match="not a socket"):
+        bind_unix_listener(str(other))
+
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import EchoDevice
+    from pyvmm.vhost_user import serve
+
+    class Device(EchoDevice):
+        def close(self):
+            print("device closed", flush=True)
+
+    logging.basicConfig(level=logging.INFO)
+    serve(Device(), {path!r}, once={once!r})
+    print("serve returned", flush=True)
+""")
+
+
+def run_serve(tmp_path: Path, once: bool) -> tuple[subprocess.Popen, str]:
+    path = str(tmp_path / "serve.sock")
+    script = SERVE_SCRIPT.format(tests=str(Path(__file__).parent), path=path, once=once)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if not wait_for(lambda: os.path.exists(path) or proc.poll() is not None, timeout=20):
+        proc.kill()
+        pytest.fail("serve() did not create its socket")
+    return proc, path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_cleanly_on_signal(tmp_path, device, sig):
+    proc, path = run_serve(tmp_path, once=False)
+    try:
+        fe = connect(path)
+        start_device(fe, device, wait=False)  # a local twin of the served device sizes the rings
+        fe.rings[0].add([b"xy"], [2])
+        fe.kick(0)
+        assert eventfd_fired(fe.call_fds[0])
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        fe.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "device closed" in out and "serve returned" in out
+    assert not os.path.exists(path)
+
+
+def test_serve_once_exits_after_the_front_end_leaves(tmp_path, device):
+    proc, path = run_serve(tmp_path, once=True)
+    try:
+        fe = connect(path)
+        assert still_serving(fe)
+        fe.close()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "device closed" in out
