@@ -73,7 +73,7 @@ class VcpuExit:
             text = f"INTERNAL_ERROR suberror {sub}"
             if self.insn_bytes:
                 text += f" insn {self.insn_bytes.hex(' ')}"
-            if self.internal_data:
+            elif self.internal_data:
                 text += " data [" + " ".join(f"{d:#x}" for d in self.internal_data) + "]"
             return text
         if r == ExitReason.FAIL_ENTRY:

@@ -30,6 +30,8 @@ from pyvmm.vcpu import KICK_SIGNAL, install_kick_handler
 KVM_PRESENT = os.path.exists("/dev/kvm")
 requires_kvm = pytest.mark.skipif(not KVM_PRESENT, reason="/dev/kvm is absent: this test needs KVM")
 kvm_test = [pytest.mark.kvm, requires_kvm]
+ON_KVM_PVM = os.path.isdir("/sys/module/kvm_pvm")
+"""kvm_pvm (see platform.md) differs from hardware KVM in a few documented ways the tests allow for."""
 
 RAM_SIZE = 4 << 20
 GDT, GDT_PTR, CODE, DATA, STACK_TOP = 0x500, 0x600, 0x1000, 0x3000, 0x8000
@@ -99,6 +101,9 @@ class TinyVm:
         region = self.memory.regions[0]
         self.vm.set_user_memory_region(0, region.guest_addr, region.size, region.host_addr)
         self.vcpus: list[VcpuFd] = [self.vm.create_vcpu(i) for i in range(vcpus)]
+        cpuid = self.kvm.get_supported_cpuid()
+        for vcpu in self.vcpus:
+            vcpu.set_cpuid(cpuid)  # without it KVM refuses EFER.LME (no CPUID.LM) and more
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self._write_tables()
