@@ -1,0 +1,176 @@
+"""``SoundDevice``: the virtio-sound device plugin (``--device virtio-snd,key=value,...``).
+
+Wires the pieces together: topology (what the card offers), control plane (control queue),
+event queue, PCM streams and the data plane (tx/rx queues). Host-side changes (jack plugged,
+control value set) are accepted from any thread and applied on the device event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Sequence
+
+from pyvmm.errors import VmmError
+from pyvmm.virtio.device import DeviceContext, VirtioDevice
+
+from pyvmm_snd import iomsg, spec, topology
+from pyvmm_snd.control import ControlPlane
+from pyvmm_snd.controls import ControlStore
+from pyvmm_snd.dataplane import PlaceholderDataPlane
+from pyvmm_snd.errors import RequestError
+from pyvmm_snd.events import EventQueue
+from pyvmm_snd.spec import PcmFeature, QueueIndex, Status
+from pyvmm_snd.stream import PcmStream, StreamState
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 64
+"""Per queue: Linux does not check for a full queue, and 64 covers its default 16 periods per stream."""
+
+
+class SoundDevice(VirtioDevice):
+    """virtio-sound: PCM playback/capture streams, jacks, channel maps and mixer controls."""
+
+    device_type = spec.DEVICE_ID
+    queue_max_sizes = (QUEUE_SIZE,) * len(QueueIndex)
+
+    def __init__(self, options: dict[str, str] | None = None):
+        self.topology = topology.from_options(dict(options or {}))
+        self.streams = [PcmStream(i, config) for i, config in enumerate(self.topology.streams)]
+        self.controls = ControlStore(self.topology.controls)
+        self.controls.on_change = self._control_changed
+        self.jack_connected = [jack.connected for jack in self.topology.jacks]
+        self.events = EventQueue()
+        self.control_plane = ControlPlane(self.topology, self.streams, self.controls, self.jack_connected)
+        self.dataplane: PlaceholderDataPlane | None = None
+        self.ctx: DeviceContext | None = None
+        self._config = bytes(self.topology.config())
+        log.info("virtio-snd: %d streams, %d jacks, %d chmaps, %d controls, backend %s",
+                 len(self.streams), len(self.topology.jacks), len(self.topology.chmaps),
+                 len(self.topology.controls), self.topology.backend)
+
+    @classmethod
+    def describe_options(cls) -> str:
+        return topology.describe_options()
+
+    @property
+    def backend(self) -> str:
+        return self.topology.backend
+
+    # -- VirtioDevice -----------------------------------------------------------------------
+
+    def device_features(self) -> int:
+        return 1 << spec.F_CTLS if self.topology.controls else 0
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        data = self._config[offset:offset + size] if offset >= 0 else b""
+        return data + bytes(size - len(data))
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        log.debug("virtio-snd: ignored driver write of %d bytes to read-only config at %#x", len(data), offset)
+
+    def activate(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+        self.control_plane.ctls_negotiated = bool(ctx.features >> spec.F_CTLS & 1)
+        self.dataplane = PlaceholderDataPlane(ctx)
+        self.control_plane.dataplane = self.dataplane
+        self.events.activate(ctx)
+        log.debug("virtio-snd: activated (features %#x)", ctx.features)
+        for queue in (QueueIndex.CONTROL, QueueIndex.TX, QueueIndex.RX):
+            self.queue_notify(queue)
+
+    def queue_notify(self, queue_index: int) -> None:
+        if self.ctx is None:
+            log.debug("virtio-snd: notify on queue %d before activation: ignored", queue_index)
+            return
+        if queue_index == QueueIndex.CONTROL:
+            self.control_plane.process(self.ctx)
+        elif queue_index == QueueIndex.EVENT:
+            self.events.refill()
+        elif queue_index in (QueueIndex.TX, QueueIndex.RX):
+            self._process_io(QueueIndex(queue_index))
+        else:
+            log.warning("virtio-snd: notify on queue %d, which does not exist", queue_index)
+
+    def reset(self) -> None:
+        if self.dataplane is not None:
+            self.dataplane.reset()
+        self.dataplane = None
+        self.control_plane.dataplane = None
+        self.control_plane.ctls_negotiated = False
+        for stream in self.streams:
+            stream.reset()
+        self.events.reset()
+        self.ctx = None
+        log.debug("virtio-snd: reset")
+
+    # -- PCM I/O ------------------------------------------------------------------------------
+
+    def _process_io(self, queue_index: QueueIndex) -> None:
+        ctx = self.ctx
+        assert ctx is not None and self.dataplane is not None
+        queue = ctx.queues[queue_index]
+        while (chain := queue.pop()) is not None:
+            try:
+                msg = iomsg.parse(queue_index, chain)
+                if not 0 <= msg.stream_id < len(self.streams):
+                    raise RequestError(Status.BAD_MSG, f"stream {msg.stream_id} does not exist")
+                stream = self.streams[msg.stream_id]
+                if stream.direction != msg.direction:
+                    raise RequestError(Status.BAD_MSG, f"stream {stream.id} is {stream.direction.name.lower()}, "
+                                                       f"not {msg.direction.name.lower()}")
+            except RequestError as exc:
+                log.warning("virtio-snd: %s I/O message rejected (%s): %s", queue_index.name, exc.status.name, exc)
+                iomsg.reject(ctx, queue_index, chain, exc.status)
+                continue
+            self.dataplane.submit(stream, msg)
+        ctx.signal_used(queue_index)
+
+    # -- host side (any thread) ------------------------------------------------------------------
+
+    def set_jack(self, jack_id: int, connected: bool) -> None:
+        """Plug or unplug a jack; the guest gets a JACK_(DIS)CONNECTED event."""
+        if not 0 <= jack_id < len(self.jack_connected):
+            raise VmmError(f"virtio-snd: jack {jack_id} does not exist ({len(self.jack_connected)} jacks)")
+        self._on_loop(self._set_jack, jack_id, connected)
+
+    def _set_jack(self, jack_id: int, connected: bool) -> None:
+        if self.jack_connected[jack_id] == connected:
+            return
+        self.jack_connected[jack_id] = connected
+        log.info("virtio-snd: jack %d %s", jack_id, "connected" if connected else "disconnected")
+        self.events.jack(jack_id, connected)
+
+    def set_control(self, control_id: int, values: Sequence[int] | bytes) -> None:
+        """Change a control value from the host; the guest gets a CTL_NOTIFY event."""
+        config = self.controls.config_or_none(control_id)
+        if config is None:
+            raise VmmError(f"virtio-snd: control {control_id} does not exist ({len(self.controls)} controls)")
+        self.controls.validate(control_id, values)
+        self._on_loop(self.controls.set, control_id, values)
+
+    def report_xrun(self, stream_id: int) -> bool:
+        """Send an XRUN event if the driver asked for them on that stream (used by the data plane)."""
+        stream = self.streams[stream_id]
+        params = stream.params
+        if params is None or not params.wants(PcmFeature.EVT_XRUNS) or stream.state != StreamState.STARTED:
+            return False
+        self.events.xrun(stream_id)
+        return True
+
+    def _control_changed(self, control_id: int, mask: int) -> None:
+        if self.control_plane.ctls_negotiated:
+            self.events.ctl_notify(control_id, mask)
+
+    def _on_loop(self, fn, *args) -> None:
+        ctx = self.ctx
+        if ctx is not None and ctx.loop is not None and ctx.loop.is_running():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not ctx.loop:
+                ctx.loop.call_soon_threadsafe(fn, *args)
+                return
+        fn(*args)

@@ -1,0 +1,84 @@
+"""PCM I/O messages on the tx and rx queues: parsing a chain and returning it to the driver.
+
+A message is ``xfer`` header (readable), frames (readable for playback, writable for
+capture), then an 8-byte ``pcm_status`` in the last writable bytes. Descriptor boundaries
+are irrelevant: the chain reader/writer hide them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pyvmm_snd import spec
+from pyvmm_snd.errors import bad_msg
+from pyvmm_snd.spec import Direction, QueueIndex, Status
+
+if TYPE_CHECKING:
+    from pyvmm.virtio.chain import DescriptorChain
+    from pyvmm.virtio.device import DeviceContext
+
+    from pyvmm_snd.stream import PcmParams
+
+log = logging.getLogger(__name__)
+
+XFER_SIZE = 4
+STATUS_SIZE = 8
+
+QUEUE_DIRECTION = {QueueIndex.TX: Direction.OUTPUT, QueueIndex.RX: Direction.INPUT}
+
+
+@dataclass(eq=False)
+class IoMessage:
+    queue_index: QueueIndex
+    chain: DescriptorChain
+    stream_id: int
+    data_len: int
+    """Playback: frame bytes to consume; capture: frame bytes to fill."""
+
+    @property
+    def direction(self) -> Direction:
+        return QUEUE_DIRECTION[self.queue_index]
+
+
+def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
+    """Raises RequestError(BAD_MSG) for a chain that is not a well-formed I/O message."""
+    readable, writable = chain.readable_len, chain.writable_len
+    if readable < XFER_SIZE:
+        raise bad_msg(f"I/O message with {readable} readable bytes, needs a {XFER_SIZE}-byte header")
+    if writable < STATUS_SIZE:
+        raise bad_msg(f"I/O message with {writable} writable bytes, needs an {STATUS_SIZE}-byte status")
+    stream_id = spec.parse(spec.PcmXfer, chain.reader().read(XFER_SIZE)).stream_id
+    if queue_index == QueueIndex.TX:
+        # Extra writable bytes before the status are tolerated (and left untouched).
+        return IoMessage(queue_index, chain, stream_id, readable - XFER_SIZE)
+    # Extra readable bytes after the header are tolerated (and ignored).
+    return IoMessage(queue_index, chain, stream_id, writable - STATUS_SIZE)
+
+
+def silence(params: PcmParams, nbytes: int) -> np.ndarray:
+    """``nbytes`` of silence in the stream's sample format."""
+    pattern = np.frombuffer(spec.SAMPLE_LAYOUTS[params.format].silence, dtype=np.uint8)
+    return np.resize(pattern, nbytes)
+
+
+def complete(ctx: DeviceContext, msg: IoMessage, status: Status, frames: np.ndarray | bytes | None = None,
+             latency_bytes: int = 0, notify: bool = True) -> None:
+    """Return ``msg``: capture ``frames`` (if any) then the status; used length per spec."""
+    writer = msg.chain.writer()
+    if frames is not None and len(frames):
+        writer.write(frames[:msg.data_len])
+    writer.write_at_end(spec.PcmStatus(status=status, latency_bytes=latency_bytes))
+    log.log(5, "I/O stream %d %s -> %s used=%d", msg.stream_id, msg.direction.name, status.name, writer.written)
+    ctx.complete(msg.queue_index, msg.chain, writer.written, notify=notify)
+
+
+def reject(ctx: DeviceContext, queue_index: QueueIndex, chain: DescriptorChain, status: Status) -> None:
+    """Return a message that could not be accepted: status if there is room for it, else nothing."""
+    writer = chain.writer()
+    if chain.writable_len >= STATUS_SIZE:
+        writer.write_at_end(spec.PcmStatus(status=status))
+    ctx.complete(queue_index, chain, writer.written)
