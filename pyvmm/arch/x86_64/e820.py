@@ -34,6 +34,8 @@ def e820_map(ram: list[tuple[int, int]]) -> list[E820Entry]:
     The range at 0 is split as a PC BIOS would: conventional memory below the EBDA, the
     EBDA/VGA/BIOS area 0x9fc00..1 MiB reserved (the MP table lives there), RAM from 1 MiB.
     """
+    if not any(start == 0 for start, _ in ram):
+        raise VmmError("guest RAM must start at address 0 (the boot structures live below 1 MiB)")
     entries: list[E820Entry] = []
     for start, size in sorted(ram):
         end = start + size
@@ -45,8 +47,6 @@ def e820_map(ram: list[tuple[int, int]]) -> list[E820Entry]:
             start = layout.HIMEM_START
         if end > start:
             entries.append(E820Entry(start, end - start, E820Type.RAM))
-    if not entries:
-        raise VmmError("guest has no RAM")
     for a, b in zip(entries, entries[1:]):
         if a.end > b.addr:
             raise VmmError(f"RAM ranges overlap at {b.addr:#x}")
