@@ -174,6 +174,12 @@ class DriverQueue:
         writable = [b - a for a, b in zip(points, points[1:])] if in_size else []
         return self.add(readable, writable, indirect=indirect, publish=publish)
 
+    def reserve(self, *indices: int) -> None:
+        """Take specific descriptors out of the free list (for hand-built chains)."""
+        for i in indices:
+            if i in self.free:
+                self.free.remove(i)
+
     def _take(self, n: int) -> list[int]:
         if n > len(self.free):
             raise RuntimeError(f"driver queue full ({len(self.free)} free descriptors, {n} wanted)")

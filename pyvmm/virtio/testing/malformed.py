@@ -1,7 +1,8 @@
 """Builders of malformed descriptor chains and broken rings, one per kind of driver mistake.
 
 Each builder publishes one bad chain (or breaks the ring) on a :class:`DriverQueue` and
-returns the phrase the device's warning must contain.
+returns the phrase the device's warning must contain. Chains use head 0 (the descriptors they
+use are taken out of the driver's free list, so good chains added afterwards do not clash).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ def _ok_buf(dq: DriverQueue, n: int = 16) -> int:
 
 
 def _bad_next(dq: DriverQueue) -> str:
+    dq.reserve(0, 1)
     dq.write_desc(0, _ok_buf(dq), 16, F_NEXT, dq.size + 3)
     dq.publish(0)
     return "next index"
 
 
 def _loop(dq: DriverQueue) -> str:
+    dq.reserve(0, 1)
     dq.write_desc(0, _ok_buf(dq), 16, F_NEXT, 1)
     dq.write_desc(1, _ok_buf(dq), 16, F_NEXT, 0)
     dq.publish(0)
@@ -28,6 +31,7 @@ def _loop(dq: DriverQueue) -> str:
 
 
 def _readable_after_writable(dq: DriverQueue) -> str:
+    dq.reserve(0, 1)
     dq.write_desc(0, _ok_buf(dq), 16, F_WRITE | F_NEXT, 1)
     dq.write_desc(1, _ok_buf(dq), 16, 0)
     dq.publish(0)
@@ -36,6 +40,7 @@ def _readable_after_writable(dq: DriverQueue) -> str:
 
 def _indirect_table(dq: DriverQueue, entries: list[tuple[int, int, int, int]], length: int | None = None,
                     flags: int = 0) -> None:
+    dq.reserve(0)
     table = dq.alloc.alloc(max(1, len(entries)) * 16, 16)
     for i, (addr, n, f, nxt) in enumerate(entries):
         dq.write_desc(i, addr, n, f, nxt, table=table)
@@ -44,6 +49,7 @@ def _indirect_table(dq: DriverQueue, entries: list[tuple[int, int, int, int]], l
 
 
 def _indirect_with_next(dq: DriverQueue) -> str:
+    dq.reserve(1)
     dq.write_desc(1, _ok_buf(dq), 16, 0)
     _indirect_table(dq, [(_ok_buf(dq), 16, 0, 0)], flags=F_NEXT)
     return "NEXT flag"
@@ -81,18 +87,21 @@ def _indirect_loop(dq: DriverQueue) -> str:
 
 
 def _indirect_table_outside_ram(dq: DriverQueue) -> str:
+    dq.reserve(0)
     dq.write_desc(0, 0xFFFF_FFFF_0000, 32, F_INDIRECT)
     dq.publish(0)
     return "outside guest RAM"
 
 
 def _buffer_outside_ram(dq: DriverQueue) -> str:
+    dq.reserve(0)
     dq.write_desc(0, 0x7FFF_0000_0000, 64, 0)
     dq.publish(0)
     return "outside guest RAM"
 
 
 def _buffer_overflows_64(dq: DriverQueue) -> str:
+    dq.reserve(0)
     dq.write_desc(0, 0xFFFF_FFFF_FFFF_FFF0, 0x100, 0)
     dq.publish(0)
     return "overflows 64 bits"
@@ -104,6 +113,7 @@ def _total_len_overflow(dq: DriverQueue) -> str:
     region = dq.memory.regions[0]
     length = min(region.size, 0xFFFF_FFFF)
     n = (1 << 32) // length + 1
+    dq.reserve(*range(n))
     for i in range(n):
         dq.write_desc(i, region.guest_addr, length, F_NEXT if i + 1 < n else 0, i + 1)
     dq.publish(0)
