@@ -36,7 +36,18 @@ class SoundDevice(VirtioDevice):
     queue_max_sizes = (QUEUE_SIZE,) * len(QueueIndex)
 
     def __init__(self, options: dict[str, str] | None = None):
-        self.topology = topology.from_options(dict(options or {}))
+        self._setup(topology.from_options(dict(options or {})))
+
+    @classmethod
+    def from_topology(cls, top: topology.Topology) -> SoundDevice:
+        """A device with a hand-built topology (tests, embedders); it is validated first."""
+        top.validate()
+        device = cls.__new__(cls)
+        device._setup(top)
+        return device
+
+    def _setup(self, top: topology.Topology) -> None:
+        self.topology = top
         self.streams = [PcmStream(i, config) for i, config in enumerate(self.topology.streams)]
         self.controls = ControlStore(self.topology.controls)
         self.controls.on_change = self._control_changed
