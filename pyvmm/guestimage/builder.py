@@ -1,0 +1,145 @@
+"""Build (or find in the cache) the default guest: kernel + initramfs from a recipe.
+
+Cache layout under ``${XDG_CACHE_HOME:-~/.cache}/pyvmm/``::
+
+    apt/                       private apt state, package lists and downloaded .debs
+    sysroots/guest-<key>/      extracted guest userland packages
+    sysroots/qemu-<key>/       extracted QEMU tool root (see qemu.py)
+    kernel/<variant>-<key>/    vmlinux, bzImage, config, System.map, kernel.json
+    kernel/<variant>-<key>.log the kernel build log
+    kernel/debug-<key>.src/    the kept build tree of the debug variant (gdb scripts, sources)
+    initramfs/<key>/           initramfs.cpio, contents.json
+
+Kernel keys hash the config fragments, patches, the [apt]/[kernel] recipe tables, the
+variant and the linux-source version; initramfs keys hash /init and the other recipe
+files, the [apt]/[initramfs] tables and the exact versions of the guest packages.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .apt import AptError, PrivateApt
+from .cache import building, cache_root, entry_lock
+from .initramfs import build_initramfs
+from .kernel import build_kernel, install_outputs
+from .progress import Progress, format_duration
+from .recipe import Recipe, content_key
+from .sysroot import ensure_sysroot
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    vmlinux: Path
+    bzimage: Path
+    initramfs: Path
+    cmdline: str
+    kernel_version: str
+    debug: bool = False
+    kernel_config: Path | None = None
+    source_dir: Path | None = None  # the kept build tree (debug variant): gdb scripts, sources
+
+
+def _variant(debug: bool) -> str:
+    return "debug" if debug else "default"
+
+
+def _refresh_lists(apt: PrivateApt, force: bool, progress: Progress) -> None:
+    if force or not apt.lists_fresh():
+        progress(f"apt: updating package lists ({apt.source.suite})")
+        apt.update(force=True)
+
+
+def _kernel_source(apt: PrivateApt, package: str, progress: Progress) -> Path:
+    deb = apt.candidate(package)
+    try:
+        if not (apt.archives / deb.filename).exists():
+            progress(f"apt: downloading {deb.name} {deb.version}")
+        return apt.download(deb)
+    except AptError:
+        progress("apt: download failed; refreshing the package lists and retrying")
+        apt.update(force=True)
+        return apt.download(apt.candidate(package))
+
+
+def _ensure_kernel(recipe: Recipe, apt: PrivateApt, directory: Path, debug: bool, force: bool,
+                   progress: Progress) -> tuple[Path, dict]:
+    source = apt.candidate(recipe.kernel["source_package"])
+    kernel_table = {k: v for k, v in recipe.kernel.items() if k != "cmdline"}
+    key = content_key(recipe.kernel_inputs(debug), recipe.directory, recipe.raw["apt"],
+                      kernel_table, _variant(debug), source.filename)
+    entry = directory / f"{_variant(debug)}-{key}"
+    with entry_lock(entry):
+        if entry.is_dir() and not force:
+            return entry, json.loads((entry / "kernel.json").read_text())
+        deb = _kernel_source(apt, recipe.kernel["source_package"], progress)
+        log_path = directory / f"{entry.name}.log"
+        log_path.write_text("")
+        work = directory / (f"{entry.name}.src" if debug else f".{entry.name}.work")
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            outputs = build_kernel(source_deb=deb, patches=recipe.kernel_patches(),
+                                   fragments=recipe.kernel_config_fragments(debug), work_dir=work,
+                                   log_path=log_path, progress=progress, debug=debug)
+            info = {"version": outputs.version, "source_package": f"{source.name} {source.version}",
+                    "source_dir": str(outputs.files["vmlinux"].parent) if debug else None}
+            with building(entry) as tmp:
+                install_outputs(outputs, tmp, link=debug)
+                (tmp / "kernel.json").write_text(json.dumps(info, indent=2) + "\n")
+        finally:
+            if not debug:
+                shutil.rmtree(work, ignore_errors=True)
+    size = (entry / "vmlinux").stat().st_size
+    progress(f"kernel: {info['version']} built, vmlinux {size / 2**20:.1f} MiB")
+    return entry, info
+
+
+def _ensure_initramfs(recipe: Recipe, apt: PrivateApt, root: Path, force: bool,
+                      progress: Progress) -> Path:
+    packages = list(recipe.initramfs["packages"])
+    closure = apt.closure(packages)
+    key = content_key(recipe.initramfs_inputs(), recipe.directory, recipe.raw["apt"],
+                      recipe.initramfs, [p.filename for p in closure])
+    entry = root / "initramfs" / key
+    with entry_lock(entry):
+        if (entry / "initramfs.cpio").is_file() and not force:
+            return entry / "initramfs.cpio"
+        sysroot = ensure_sysroot(apt, root / "sysroots", "guest", packages, progress)
+        progress("initramfs: assembling")
+        with building(entry) as tmp:
+            contents = build_initramfs(sysroot, recipe.initramfs_files(), recipe.initramfs["busybox"],
+                                       list(recipe.initramfs["programs"]),
+                                       list(recipe.initramfs["data"]), tmp / "initramfs.cpio")
+            (tmp / "contents.json").write_text(json.dumps(
+                {"size": contents.size, "files": contents.files, "symlinks": contents.symlinks,
+                 "packages": [f"{p.name} {p.version}" for p in closure]}, indent=2) + "\n")
+        progress(f"initramfs: {contents.size / 2**20:.2f} MiB, {len(contents.files)} files, "
+                 f"{len(contents.symlinks)} symlinks")
+    return entry / "initramfs.cpio"
+
+
+def build_default_guest(debug: bool = False, force: bool = False,
+                        progress: Callable[[str], object] | None = print,
+                        recipe_dir: Path | None = None) -> GuestImage:
+    """The default guest image, built on first use (several minutes) and cached after.
+
+    ``debug`` builds the variant with DWARF, lockdep and ALSA debugging (separate cache
+    entry); ``force`` refreshes the package lists and rebuilds kernel and initramfs.
+    """
+    report = Progress(progress)
+    recipe = Recipe.load(recipe_dir)
+    root = cache_root()
+    apt = PrivateApt(root / "apt", recipe.apt)
+    _refresh_lists(apt, force, report)
+    kernel_entry, info = _ensure_kernel(recipe, apt, root / "kernel", debug, force, report)
+    initramfs = _ensure_initramfs(recipe, apt, root, force, report)
+    image = GuestImage(vmlinux=kernel_entry / "vmlinux", bzimage=kernel_entry / "bzImage",
+                       initramfs=initramfs, cmdline=recipe.cmdline, kernel_version=info["version"],
+                       debug=debug, kernel_config=kernel_entry / "config",
+                       source_dir=Path(info["source_dir"]) if info.get("source_dir") else None)
+    report(f"guest image ready ({format_duration(report.elapsed)}): {image.vmlinux}")
+    return image
