@@ -7,7 +7,7 @@ The topology presented is one package, one thread per core, APIC id = vCPU index
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyvmm.errors import VmmError
@@ -207,12 +207,19 @@ def _cache_sharing(entries: list[CpuidEntry], function: int, ncpus: int, set_cor
             entry.eax = _set_field(entry.eax, 26, 6, min(ncpus, 64) - 1)
 
 
-def vcpu_cpuid(supported: list[CpuidEntry], cpu_index: int, ncpus: int,
+def _entry_from(value) -> CpuidEntry:
+    """A private, mutable copy of anything with the seven ``kvm_cpuid_entry2`` fields (or a 7-tuple)."""
+    if hasattr(value, "function"):
+        return CpuidEntry(value.function, value.index, value.flags, value.eax, value.ebx, value.ecx, value.edx)
+    return CpuidEntry(*value)
+
+
+def vcpu_cpuid(supported: Iterable, cpu_index: int, ncpus: int,
                model: CpuModel = CPU_MODELS[DEFAULT_CPU_MODEL]) -> list[CpuidEntry]:
     """The CPUID table for vCPU ``cpu_index`` of ``ncpus`` (to pass to KVM_SET_CPUID2)."""
     if not 0 <= cpu_index < ncpus:
         raise ValueError(f"vCPU {cpu_index} out of range for {ncpus} vCPUs")
-    entries = [dataclasses.replace(e) for e in supported]
+    entries = [_entry_from(e) for e in supported]
     hide_features(entries, model.hidden)
     apic_id = cpu_index
     vendor = _vendor(entries)
@@ -237,10 +244,11 @@ def vcpu_cpuid(supported: list[CpuidEntry], cpu_index: int, ncpus: int,
     if leaf_a is not None:                              # no virtual PMU from this VMM
         leaf_a.eax = leaf_a.ebx = leaf_a.ecx = leaf_a.edx = 0
 
-    if max_basic >= 0xB:
-        _topology_leaf(entries, 0xB, apic_id, ncpus)
-    if max_basic >= 0x1F and _find(entries, 0x1F) is not None:
-        _topology_leaf(entries, 0x1F, apic_id, ncpus)
+    for function in (0xB, 0x1F):
+        if max_basic >= function and (function == 0xB or _find(entries, function) is not None):
+            _topology_leaf(entries, function, apic_id, ncpus)
+        else:   # beyond the maximum leaf: the guest must not see a stale host topology
+            entries[:] = [e for e in entries if e.function != function]
 
     if vendor == VENDOR_INTEL:
         _cache_sharing(entries, 0x4, ncpus, set_cores=True)
