@@ -2,8 +2,8 @@
 
 ``serve(device, socket_path)`` is the whole public surface for the CLI; the pieces are
 ``messages`` (wire format), ``connection`` (framing and fds), ``memory_map`` (the front
-end's RAM), ``vring`` (per-ring set-up), ``backend`` (the request handlers and device
-lifecycle) and ``server`` (the listening socket).
+end's RAM), ``vring`` (per-ring set-up), ``backend`` (the request handlers), ``runner``
+(when the device starts and stops) and ``server`` (the listening socket).
 """
 
 from __future__ import annotations

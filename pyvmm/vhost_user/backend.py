@@ -1,10 +1,8 @@
 """The vhost-user back end: drives one :class:`VirtioDevice` from a front end's requests.
 
 Everything here runs on the device event loop thread: the socket reader, the kick fd
-readers and the device callbacks, so no state needs a lock. The device is activated once
-every ring is fully configured (size, addresses, kick fd) and enabled, which with QEMU
-happens at the end of ``vhost_dev_start``; it is reset when the front end stops a ring
-(GET_VRING_BASE), resets the device or disconnects.
+readers and the device callbacks, so no state needs a lock. When the device runs is
+decided with :class:`~pyvmm.vhost_user.runner.DeviceRunner`.
 """
 
 from __future__ import annotations
@@ -20,10 +18,10 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.connection import Connection, Message, ProtocolError, RequestError
 from pyvmm.vhost_user.memory_map import FrontendMemoryMap, RegionInfo
+from pyvmm.vhost_user.runner import DeviceRunner
 from pyvmm.vhost_user.vring import RingAddresses, Vring
 from pyvmm.virtio import constants as vc
-from pyvmm.virtio.device import DeviceContext, VirtioDevice
-from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
+from pyvmm.virtio.device import VirtioDevice
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,8 @@ class VhostUserBackend:
         self.features_set = False
         self.protocol_features = 0
         self.status = 0
-        self.context: DeviceContext | None = None
+        self.runner = DeviceRunner(device, loop, self.vrings, self.memory_map,
+                                   on_config_change=self._send_config_change, on_needs_reset=self._needs_reset)
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             m.FrontendRequest.GET_FEATURES: self._get_features,
             m.FrontendRequest.SET_FEATURES: self._set_features,
@@ -99,7 +98,7 @@ class VhostUserBackend:
 
     @property
     def active(self) -> bool:
-        return self.context is not None
+        return self.runner.active
 
     # -- connection ---------------------------------------------------------------------
 
@@ -238,7 +237,7 @@ class VhostUserBackend:
                  for i in range(count)]
         fds, msg.fds = msg.fds, []
         self.memory_map.set_table(infos, fds)
-        self._memory_changed()
+        self.runner.memory_changed()
         log.info("memory table: %s", "; ".join(map(str, infos)))
 
     def _add_mem_reg(self, msg: Message) -> None:
@@ -246,13 +245,13 @@ class VhostUserBackend:
         if len(msg.fds) != 1:
             raise RequestError(f"ADD_MEM_REG needs exactly one fd, got {len(msg.fds)}")
         self.memory_map.add(info, msg.take_fd())
-        self._memory_changed()
+        self.runner.memory_changed()
         log.info("memory region added: %s", info)
 
     def _rem_mem_reg(self, msg: Message) -> None:
         info = RegionInfo.from_desc(msg.parse(m.SingleMemoryRegion).region)
         self.memory_map.remove(info)
-        self._memory_changed()
+        self.runner.memory_changed()
         log.info("memory region removed: %s", info)
 
     # -- rings --------------------------------------------------------------------------
@@ -349,18 +348,11 @@ class VhostUserBackend:
     def _on_kick(self, vring: Vring) -> None:
         if not vring.drain_kick():
             return
-        if self.context is None:
+        if not self.runner.active:
             vring.kicked = True
             self._maybe_activate()
-            return
-        if vring.enabled:
-            self._notify_device(vring.index)
-
-    def _notify_device(self, index: int) -> None:
-        try:
-            self.device.queue_notify(index)
-        except Exception:
-            log.exception("device failed handling a notification on queue %d", index)
+        elif vring.enabled:
+            self.runner.notify(vring.index)
 
     # -- config space and status ------------------------------------------------------
 
@@ -404,86 +396,13 @@ class VhostUserBackend:
     # -- device lifecycle -------------------------------------------------------------
 
     def _maybe_activate(self) -> None:
-        if self.active or not self.features_set or not len(self.memory_map):
-            return
-        if not all(v.configured and v.enabled for v in self.vrings):
-            return
-        try:
-            queues = [self._build_queue(vring) for vring in self.vrings]
-        except (InvalidQueueError, GuestMemoryError) as exc:
-            log.error("cannot start the device: %s", exc)
-            return
-        context = DeviceContext(
-            memory=self.memory_map.memory,
-            queues=queues,
-            features=self.features & ~vc.bit(m.VHOST_USER_F_PROTOCOL_FEATURES),
-            loop=self.loop,
-            signal_used=lambda index: self._signal_used(context, index),
-            signal_config=lambda: self._signal_config(context),
-            request_reset=lambda reason: self._request_reset(context, reason),
-        )
-        for queue in queues:
-            queue.signal_used = lambda index=queue.index: self._signal_used(context, index)
-            queue.request_reset = lambda reason: self._request_reset(context, reason)
-        self.context = context
-        log.info("starting the device: %d queues, features %#x", len(queues), context.features)
-        try:
-            self.device.activate(context)
-        except Exception:
-            log.exception("device activation failed")
-            self._stop_device("activation failed")
-            return
-        for vring in self.vrings:
-            if vring.kicked:
-                vring.kicked = False
-                self._notify_device(vring.index)
-
-    def _build_queue(self, vring: Vring) -> SplitQueue:
-        addresses = vring.addresses
-        assert addresses is not None
-        memory = self.memory_map.memory
-        queue = SplitQueue(memory, vring.max_size, index=vring.index, name=f"vhost-user vring {vring.index}")
-        queue.apply_features(self.features)
-        queue.size = vring.size
-        queue.desc_table, queue.avail_ring, queue.used_ring = addresses.desc, addresses.avail, addresses.used
-        queue.next_avail = vring.base
-        queue.next_used = memory.read_u16(addresses.used + 2)  # where the device left the used ring
-        queue.enable()
-        return queue
-
-    def _memory_changed(self) -> None:
-        """Running queues hold views of the old mappings: take fresh ones."""
-        if self.context is None:
-            return
-        try:
-            for queue in self.context.queues:
-                queue.enable()
-        except InvalidQueueError as exc:
-            log.error("rings lost their memory: %s", exc)
-            self._stop_device("memory table change")
+        if not self.runner.active and self.features_set and len(self.memory_map):
+            self.runner.start(self.features & ~vc.bit(m.VHOST_USER_F_PROTOCOL_FEATURES))
 
     def _stop_device(self, reason: str) -> None:
-        context, self.context = self.context, None
-        if context is None:
-            return
-        log.info("stopping the device (%s)", reason)
-        for vring, queue in zip(self.vrings, context.queues):
-            vring.base = queue.next_avail
-            queue.disable()
-        try:
-            self.device.reset()
-        except Exception:
-            log.exception("device reset failed")
+        self.runner.stop(reason)
 
-    def _signal_used(self, context: DeviceContext, index: int) -> None:
-        if context is not self.context:
-            return  # a late completion from a device that was already stopped
-        if context.queues[index].needs_notification():
-            self.vrings[index].signal_call()
-
-    def _signal_config(self, context: DeviceContext) -> None:
-        if context is not self.context:
-            return
+    def _send_config_change(self) -> None:
         if self.backend_channel is None or not self._has_protocol(m.ProtocolFeature.CONFIG):
             log.warning("config change not delivered: the front end gave no back-end channel")
             return
@@ -492,9 +411,8 @@ class VhostUserBackend:
         except ProtocolError as exc:
             log.warning("config change not delivered: %s", exc)
 
-    def _request_reset(self, context: DeviceContext, reason: str) -> None:
-        if context is not self.context:
-            return
+    def _needs_reset(self, reason: str) -> None:
+        """No vhost-user message for it: flag the status and raise every ring's error eventfd."""
         log.error("device needs a reset: %s", reason)
         self.status |= vc.Status.DEVICE_NEEDS_RESET
         for vring in self.vrings:
