@@ -77,16 +77,17 @@ def _device_specs(ctx, param, values):
 @click.option("--append-extra", "append_extra", multiple=True, help="Add to the kernel command line (repeatable).")
 @click.option("--mem", "-m", "mem_size", default=DEFAULT_MEM, show_default=True, callback=_size, help="Guest RAM (e.g. 256M, 1G).")
 @click.option("--smp", default=1, show_default=True, type=click.IntRange(1, 8), help="Number of vCPUs.")
-@click.option("--cpu", "cpu_model", default="default", show_default=True, help="CPU model: default, host, with +feat/-feat (e.g. host,-avx).")
+@click.option("--cpu", "cpu_model", default="safe", show_default=True, help="CPU model (safe, host) with +feat/-feat changes, e.g. host,-avx.")
 @click.option("--extra-initrd", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Append a cpio archive to the initramfs (repeatable).")
 @click.option("--device", "devices", multiple=True, callback=_device_specs, help="Add a device: NAME,key=value,... ('--device help' lists them, 'NAME,help' its options).")
 @click.option("--boot-protocol", type=click.Choice(["auto", "pvh", "linux64"]), default="auto", show_default=True, help="Kernel entry: PVH (32-bit) or the 64-bit boot protocol.")
 @click.option("--serial-log", type=click.Path(path_type=Path, dir_okay=False), help="Also write the guest console to this file.")
 @click.option("--timeout", type=float, help="Stop the VM after this many seconds (exit status 124).")
+@click.option("--stats", is_flag=True, help="Print run time and VM exits by reason when the VM stops.")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, verbose, trace, command):
+        serial_log, timeout, stats, verbose, trace, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if kernel is None:
@@ -123,7 +124,7 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     config.validate()
     from pyvmm.vm import run_vm
 
-    sys.exit(run_vm(config, timeout=timeout))
+    sys.exit(run_vm(config, timeout=timeout, stats=stats))
 
 
 @main.group()

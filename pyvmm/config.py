@@ -73,7 +73,7 @@ class MachineConfig:
     initrds: list[Path] = field(default_factory=list)
     mem_size: int = 256 * MiB
     vcpus: int = 1
-    cpu_model: str = "default"
+    cpu_model: str = "safe"
     devices: list[DeviceSpec] = field(default_factory=list)
     boot_protocol: str = "auto"
     serial_log: Path | None = None

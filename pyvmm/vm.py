@@ -1,0 +1,279 @@
+"""Vm: builds a KVM virtual machine from a MachineConfig and runs it until the guest stops.
+
+The order of construction follows what KVM requires and what a reader needs to know:
+memory slots, then the in-kernel interrupt controllers, then the buses and devices,
+then the kernel and boot structures in guest RAM, then the vCPUs (CPUID, MSRs, LAPIC,
+registers). Running is one thread per vCPU plus the device event loop; the main thread
+only waits for a reason to stop (guest reset, debug-exit port, Ctrl-A x, a signal,
+a timeout or an error) and tears everything down in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pyvmm import plugins
+from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.boot import load_kernel, setup_boot
+from pyvmm.arch.x86_64.cpuid import parse_cpu_spec, vcpu_cpuid
+from pyvmm.arch.x86_64.lapic import set_virtual_wire
+from pyvmm.arch.x86_64.msr import boot_msrs, supported_only
+from pyvmm.bus import Bus
+from pyvmm.config import MachineConfig
+from pyvmm.console import stdio_console
+from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.errors import VmmError
+from pyvmm.kvm import Kvm
+from pyvmm.legacy.ports import install_legacy_devices
+from pyvmm.memory import GuestMemory
+from pyvmm.vcpu import StopKind, Vcpu, VcpuStop
+from pyvmm.virtio.mmio import MmioTransport
+
+log = logging.getLogger(__name__)
+
+# Addresses KVM needs for its real-mode TSS and identity map (below the 4 GiB BIOS area), as
+# Firecracker and QEMU place them.
+KVM_TSS_ADDR = 0xFFFB_D000
+KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000
+
+EXIT_TIMEOUT = 124
+EXIT_ERROR = 1
+
+#: x87 control word and MXCSR as the CPU resets them (Linux expects the defaults).
+FPU_DEFAULTS = {"fcw": 0x37F, "mxcsr": 0x1F80}
+
+
+class IrqLine:
+    """A level-triggered legacy interrupt line driven through KVM_IRQ_LINE."""
+
+    def __init__(self, vm_fd, gsi: int):
+        self._vm_fd = vm_fd
+        self.gsi = gsi
+
+    def set_level(self, high: bool) -> None:
+        self._vm_fd.irq_line(self.gsi, high)
+
+
+class IrqFd:
+    """An edge interrupt: writing the eventfd makes KVM inject ``gsi`` without a VMM exit."""
+
+    def __init__(self, vm_fd, gsi: int):
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.gsi = gsi
+        vm_fd.irqfd(self.fd, gsi)
+
+    def trigger(self) -> None:
+        try:
+            os.eventfd_write(self.fd, 1)
+        except BlockingIOError:
+            pass  # counter saturated: an interrupt is pending anyway
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class StopReason:
+    status: int
+    message: str
+    error: bool = False
+
+
+@dataclass
+class VmStats:
+    started: float = field(default_factory=time.monotonic)
+    exit_counts: dict[str, int] = field(default_factory=dict)
+
+
+class Vm:
+    """One guest: its memory, interrupt controllers, devices and vCPUs."""
+
+    def __init__(self, config: MachineConfig):
+        self.config = config
+        self.stats = VmStats()
+        self._stop_reason: StopReason | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.kvm = self.vm_fd = self.memory = self.event_loop = self.console = None
+        self.transports: list[MmioTransport] = []
+        self._irqfds: list[IrqFd] = []
+        self.vcpus: list[Vcpu] = []
+        try:
+            self._build()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _build(self) -> None:
+        config = self.config
+        self.kvm = Kvm(os.environ.get("PYVMM_KVM_DEVICE", "/dev/kvm"))
+        self.vm_fd = self.kvm.create_vm()
+        self.memory = self._create_memory()
+        self.vm_fd.set_tss_addr(KVM_TSS_ADDR)
+        self.vm_fd.set_identity_map_addr(KVM_IDENTITY_MAP_ADDR)
+        self.vm_fd.create_irqchip()
+        self.vm_fd.create_pit2(speaker_dummy=True)
+        self.pio_bus = Bus("pio")
+        self.mmio_bus = Bus("mmio")
+        self.event_loop = DeviceEventLoop().start()
+        self.console = stdio_console(on_quit=lambda: self.request_stop(0, "quit from the console (C-a x)"),
+                                     log_path=config.serial_log)
+        self.legacy = install_legacy_devices(
+            self.pio_bus,
+            serial_sink=self.console.write_output,
+            serial_irq=IrqLine(self.vm_fd, layout.LEGACY_IRQS["com1"]),
+            on_reset=lambda: self.request_stop(0, "guest reset the machine"),
+            on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port"),
+        )
+        cmdline = self._add_virtio_devices(config.cmdline)
+        self.vcpus = self._create_vcpus(cmdline)
+
+    # -- construction ---------------------------------------------------------------
+
+    def _create_memory(self) -> GuestMemory:
+        memory = GuestMemory.create(layout.ram_layout(self.config.mem_size))
+        for slot, region in enumerate(memory.regions):
+            self.vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
+        return memory
+
+    def _add_virtio_devices(self, cmdline: str) -> str:
+        fragments = []
+        for index, spec in enumerate(self.config.devices):
+            device = plugins.create_device(spec)
+            base, size, gsi = layout.virtio_mmio_slot(index)
+            irq = IrqFd(self.vm_fd, gsi)
+            self._irqfds.append(irq)
+            transport = MmioTransport(device, self.memory, self.event_loop, irq, name=f"{spec.name}@{base:#x}")
+            self.mmio_bus.insert(transport, base, size)
+            for addr, length, datamatch, fd in transport.ioeventfds(base):
+                self.vm_fd.ioeventfd(fd, addr, length, datamatch)
+            self.transports.append(transport)
+            fragments.append(transport.cmdline_fragment(base, gsi))
+            log.info("%s at %#x, IRQ %d", spec.name, base, gsi)
+        return " ".join([cmdline, *fragments])
+
+    def _initrd(self) -> bytes | None:
+        parts = []
+        for path in self.config.initrds:
+            try:
+                parts.append(path.read_bytes())
+            except OSError as exc:
+                raise VmmError(f"cannot read initrd {path}: {exc.strerror}") from None
+        parts.extend(self.config.extra_initrd_data)
+        # Linux accepts concatenated cpio archives; each starts on a 4-byte boundary.
+        aligned = [p + b"\0" * (-len(p) % 4) for p in parts]
+        return b"".join(aligned) or None
+
+    def _create_vcpus(self, cmdline: str) -> list[Vcpu]:
+        config = self.config
+        kernel = load_kernel(self.memory, config.kernel)
+        boot_state = setup_boot(self.memory, kernel, cmdline, self._initrd(), config.vcpus, config.boot_protocol)
+        log.info("kernel command line: %s", cmdline)
+        model = parse_cpu_spec(config.cpu_model)
+        supported_cpuid = self.kvm.get_supported_cpuid()
+        msrs = supported_only(boot_msrs(), self.kvm.get_msr_index_list())
+        vcpus = []
+        for index in range(config.vcpus):
+            fd = self.vm_fd.create_vcpu(index)
+            fd.set_cpuid(vcpu_cpuid(supported_cpuid, index, config.vcpus, model))
+            fd.set_msrs(msrs)
+            fd.set_fpu(FPU_DEFAULTS)
+            lapic = fd.get_lapic()
+            regs = bytearray(lapic.regs)
+            set_virtual_wire(regs)
+            lapic.regs[:] = regs
+            fd.set_lapic(lapic)
+            if index == 0:
+                fd.set_sregs(boot_state)
+                fd.set_regs(boot_state)
+            vcpus.append(Vcpu(fd, self.pio_bus, self.mmio_bus, memory=self.memory, on_stop=self._on_vcpu_stop))
+        return vcpus
+
+    # -- stopping -------------------------------------------------------------------
+
+    def request_stop(self, status: int, message: str, error: bool = False) -> None:
+        """Ask the VM to stop; the first reason wins. Safe from any thread or signal handler."""
+        with self._stop_lock:
+            if self._stop_reason is None:
+                self._stop_reason = StopReason(status, message, error)
+        self._stopped.set()
+
+    def _on_vcpu_stop(self, vcpu: Vcpu, stop: VcpuStop) -> None:
+        if stop.kind is StopKind.REQUESTED:
+            return
+        if stop.kind in (StopKind.SHUTDOWN, StopKind.RESET):
+            self.request_stop(0, f"guest reset ({stop.message})")
+        elif stop.kind is StopKind.POWEROFF:
+            self.request_stop(0, "guest powered off")
+        else:
+            self.request_stop(EXIT_ERROR, f"vcpu{vcpu.id}: {stop.message}", error=stop.is_error)
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, timeout: float | None = None) -> int:
+        """Run until the guest or the user stops the VM; return the exit status."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                previous[signum] = signal.signal(
+                    signum, lambda n, f: self.request_stop(128 + n, f"stopped by signal {signal.Signals(n).name}"))
+        try:
+            self.console.start(self.legacy.serial)
+            for vcpu in self.vcpus:
+                vcpu.start()
+            if not self._stopped.wait(timeout):
+                self.request_stop(EXIT_TIMEOUT, f"timeout after {timeout:g} s")
+        finally:
+            self.shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        reason = self._stop_reason
+        log.info("VM stopped: %s (exit status %d)", reason.message, reason.status)
+        if reason.error:
+            print(f"pyvmm: error: {reason.message}", file=sys.stderr)
+        return reason.status
+
+    def shutdown(self) -> None:
+        """Stop vCPUs, then devices (flushing their output), then release KVM objects.
+
+        Also called on a half-built VM, so every step checks what exists.
+        """
+        for vcpu in self.vcpus:
+            vcpu.request_stop()
+        for vcpu in self.vcpus:
+            vcpu.stop()
+            for name, count in vcpu.exit_counts.items():
+                self.stats.exit_counts[name] = self.stats.exit_counts.get(name, 0) + count
+        if self.console is not None:
+            self.console.stop()
+        for transport in self.transports:
+            try:
+                self.event_loop.call(transport.device.close, timeout=5)
+            except Exception:
+                log.exception("%s: close failed", transport.name)
+            transport.close()
+        if self.event_loop is not None:
+            self.event_loop.stop()
+        for irq in self._irqfds:
+            irq.close()
+        for vcpu in self.vcpus:
+            vcpu.fd.close()
+        for resource in (self.vm_fd, self.memory, self.kvm):
+            if resource is not None:
+                resource.close()
+
+
+def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False) -> int:
+    vm = Vm(config)
+    status = vm.run(timeout)
+    if stats:
+        elapsed = time.monotonic() - vm.stats.started
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(vm.stats.exit_counts.items(), key=lambda kv: -kv[1]))
+        print(f"pyvmm: {elapsed:.2f} s, VM exits: {counts or 'none'}", file=sys.stderr)
+    return status
