@@ -113,7 +113,11 @@ class MmioTransport:
 
     def read(self, offset: int, size: int) -> bytes:
         if offset >= R.CONFIG:
-            data = self.device.read_config(offset - R.CONFIG, size)
+            try:
+                data = self.device.read_config(offset - R.CONFIG, size)
+            except Exception:
+                log.exception("%s: read_config(%#x, %d) raised", self.name, offset - R.CONFIG, size)
+                data = b""
             return bytes(data[:size]).ljust(size, b"\0")
         if size != 4 or offset % 4:
             log.warning("%s: %d-byte read at register offset %#x ignored (registers are 32-bit)",
@@ -125,7 +129,10 @@ class MmioTransport:
 
     def write(self, offset: int, data: bytes) -> None:
         if offset >= R.CONFIG:
-            self.device.write_config(offset - R.CONFIG, bytes(data))
+            try:
+                self.device.write_config(offset - R.CONFIG, bytes(data))
+            except Exception:
+                log.exception("%s: write_config(%#x, %s) raised", self.name, offset - R.CONFIG, data.hex())
             return
         if len(data) != 4 or offset % 4:
             log.warning("%s: %d-byte write at register offset %#x ignored (registers are 32-bit)",
@@ -216,6 +223,9 @@ class MmioTransport:
                 log.debug("%s: write to %s of missing queue %d ignored", self.name,
                           _reg_name(offset), self._queue_sel)
                 return
+            if offset == R.QUEUE_READY and not value:
+                q.disable()  # allowed at any time (Linux's vm_del_vq); the device just stops seeing it
+                return
             if self.status & Status.DRIVER_OK or (q.ready and offset != R.QUEUE_READY):
                 log.warning("%s: %s write to queue %d while it is live ignored", self.name,
                             _reg_name(offset), q.index)
@@ -236,9 +246,6 @@ class MmioTransport:
             elif offset == R.QUEUE_DEVICE_HIGH:
                 q.used_ring = (q.used_ring & 0xFFFFFFFF) | (value << 32)
             elif offset == R.QUEUE_READY:
-                if not value:
-                    q.disable()
-                    return
                 q.apply_features(self.driver_features)
                 try:
                     q.enable()

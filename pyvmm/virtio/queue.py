@@ -111,12 +111,18 @@ class SplitQueue:
         """Called after :meth:`pop` returned a malformed chain to the used ring (the transport signals)."""
         self.request_reset: Callable[[str], None] | None = None
         """Called when the ring itself is broken (the transport sets DEVICE_NEEDS_RESET)."""
+        self.epoch = 0
         self.reset()
 
     # -- configuration ------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Back to the power-on state (spec 4.2.3.1: the driver reconfigures every queue)."""
+        """Back to the power-on state (spec 4.2.3.1: the driver reconfigures every queue).
+
+        Chains popped before the reset become stale: :meth:`add_used` ignores them, so a
+        device completing late (a backend thread, a timer) cannot write into the new rings.
+        """
+        self.epoch += 1
         self.size = self.max_size
         self.ready = False
         self.desc_table = 0
@@ -179,6 +185,12 @@ class SplitQueue:
     def disable(self) -> None:
         self.ready = False
 
+    def load_used_idx(self) -> None:
+        """Continue from the used idx found in the ring (a vhost-user back end taking over a
+        live queue: SET_VRING_BASE gives next_avail, the ring itself holds the used idx)."""
+        self.next_used = self.used_idx()
+        self._signalled_used = self.next_used
+
     # -- avail side ---------------------------------------------------------------------
 
     def avail_idx(self) -> int:
@@ -218,8 +230,11 @@ class SplitQueue:
     def pop(self) -> DescriptorChain | None:
         """The next valid chain, or None when the ring is empty (or not ready, or broken).
 
-        With EVENT_IDX, an empty ring re-arms avail_event so the driver kicks for the next
-        buffer. Malformed chains are returned to the driver and skipped (see module doc).
+        With EVENT_IDX, avail_event follows ``next_avail`` (as QEMU does), so the driver kicks
+        when it adds a buffer after those the device has taken; an empty ring re-checks after
+        re-arming. A device that stops popping before the ring is empty gets no kick for
+        buffers added meanwhile and must come back on its own (timer). Malformed chains are
+        returned to the driver and skipped (see module doc).
         """
         while True:
             if not self.ready or self.broken:
@@ -234,6 +249,8 @@ class SplitQueue:
             except _BrokenRing as e:
                 self._break(str(e))
                 return None
+            if self.event_idx:
+                self.set_avail_event(self.next_avail)
             try:
                 return self._parse_chain(head)
             except ChainError as e:
@@ -325,7 +342,7 @@ class SplitQueue:
                 raise ChainError(f"{where} {index}: next index {nxt} >= "
                                  f"{'table length' if in_indirect else 'queue size'} {table_len}")
             index = nxt
-        return DescriptorChain(head, readable, writable, descriptors)
+        return DescriptorChain(head, readable, writable, descriptors, self.epoch)
 
     def _break(self, reason: str) -> None:
         self.broken = True
@@ -350,6 +367,10 @@ class SplitQueue:
             log.debug("virtio %s: add_used on a queue that is not ready (reset?): dropped", self.name)
             return
         if isinstance(chain, DescriptorChain):
+            if chain.epoch != self.epoch:
+                log.debug("virtio %s: chain %d popped before a reset completed late: dropped",
+                          self.name, chain.head)
+                return
             head = chain.head
             if written > chain.writable_len:
                 log.warning("virtio %s: device claims %d bytes written to chain %d which has only %d "

@@ -203,6 +203,10 @@ def test_queue_registers_frozen_after_driver_ok(make, caplog):
     drv.write32(R.QUEUE_DESC_LOW, 0x1000)
     assert (t.queues[0].size, t.queues[0].desc_table) == before
     assert "while it is live" in caplog.text
+    drv.write32(R.QUEUE_READY, 0)  # Linux's vm_del_vq: disabling is always allowed
+    assert drv.read32(R.QUEUE_READY) == 0 and not t.queues[0].ready
+    drv.write32(R.QUEUE_READY, 1)  # but not re-enabling a live device's queue
+    assert drv.read32(R.QUEUE_READY) == 0
 
 
 def test_kick_before_driver_ok_is_delivered_on_activation(make, irq):

@@ -259,3 +259,34 @@ def test_undo_pop(memory, allocator):
     assert q.pop().head == h
     q.undo_pop()
     assert q.pending() == 1 and q.pop().head == h
+
+
+def test_chain_popped_before_reset_cannot_complete_into_new_rings(memory, allocator):
+    dq = DriverQueue(memory, allocator, 8)
+    q = dq.device_queue()
+    dq.add_message(b"old", 4)
+    stale = q.pop()
+    q.reset()
+    dq2 = DriverQueue(memory, allocator, 8)
+    dq2.configure(q)
+    q.add_used(stale, 3)
+    assert dq2.used_idx() == 0 and q.next_used == 0
+    h = dq2.add_message(b"new", 4)
+    q.add_used(q.pop(), 3)
+    assert [(e.id, e.written) for e in dq2.collect()] == [(h, b"\xee" * 3)]
+
+
+def test_load_used_idx_takes_over_a_live_ring(memory, allocator):
+    dq = DriverQueue(memory, allocator, 8)
+    q = dq.device_queue()
+    for _ in range(3):
+        dq.add_message(b"x", 1)
+        q.add_used(q.pop(), 1)
+    dq.collect()
+    q2 = SplitQueue(memory, 8)  # a new back end: told next_avail, finds used idx in the ring
+    q2.next_avail = q.next_avail
+    dq.configure(q2)
+    q2.load_used_idx()
+    h = dq.add_message(b"y", 1)
+    q2.add_used(q2.pop(), 1)
+    assert [e.id for e in dq.collect()] == [h] and q2.next_used == 4
