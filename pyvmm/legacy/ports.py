@@ -24,7 +24,8 @@ from pyvmm.bus import Bus
 from pyvmm.legacy.cmos import CMOS_INDEX_PORT, CmosRtc
 from pyvmm.legacy.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from pyvmm.legacy.i8042 import COMMAND_OFFSET, COMMAND_PORT, DATA_OFFSET, DATA_PORT, I8042
-from pyvmm.legacy.serial import COM1_BASE, REGISTER_COUNT, InterruptLine, Serial16550
+from pyvmm.legacy.irq import InterruptLine
+from pyvmm.legacy.serial import COM1_BASE, REGISTER_COUNT, Serial16550
 from pyvmm.log import TRACE
 
 log = logging.getLogger(__name__)

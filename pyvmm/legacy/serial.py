@@ -25,7 +25,8 @@ qemu_irq_raise/lower. Linux's 8250 handler loops on IIR until "no interrupt pend
 one edge per rising condition is all it needs; a THR write drops the THRE condition and
 raises it again when the byte has gone, giving the next edge (Firecracker's vm-superio
 gets the same effect by kicking an irqfd on every THR write). For a line that only has
-``trigger()`` (an irqfd), wrap it in :class:`EdgeTriggerLine`.
+``trigger()`` (an irqfd), wrap it in :class:`pyvmm.legacy.irq.EdgeTriggerLine`;
+for ``KVM_IRQ_LINE`` use :class:`pyvmm.legacy.irq.GsiLine`.
 
 Loopback (MCR bit 4), which Linux's 8250 autoconfig uses to check for a real UART:
 THR bytes go to the receive FIFO instead of the sink, and the modem outputs feed the
@@ -37,8 +38,9 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO, Callable
 
+from pyvmm.legacy.irq import InterruptLine
 from pyvmm.log import TRACE
 
 log = logging.getLogger(__name__)
@@ -110,21 +112,6 @@ MSR_CONNECTED = MSR_DCD | MSR_DSR | MSR_CTS
 
 FIFO_SIZE = 16
 DEFAULT_DIVISOR = 12  # 9600 baud from the 1.8432 MHz clock; only stored, never timed
-
-
-class InterruptLine(Protocol):
-    def set_level(self, high: bool) -> None: ...
-
-
-class EdgeTriggerLine:
-    """Adapts a ``trigger()``-only line (an irqfd) to ``set_level``: rising edges fire it."""
-
-    def __init__(self, edge_line):
-        self._edge_line = edge_line
-
-    def set_level(self, high: bool) -> None:
-        if high:
-            self._edge_line.trigger()
 
 
 def _sink_callable(sink: Callable[[bytes], object] | BinaryIO | None) -> Callable[[bytes], object]:

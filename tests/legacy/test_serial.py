@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from pyvmm.legacy import serial as s
-from pyvmm.legacy.serial import EdgeTriggerLine, Serial16550
+from pyvmm.legacy.irq import EdgeTriggerLine
+from pyvmm.legacy.serial import Serial16550
 
 
 class FakeLine:
