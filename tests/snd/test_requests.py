@@ -210,3 +210,12 @@ def test_every_request_code_is_answered(drv):
             entry = drv.ctl(code, 0, in_size=4 + 512, payload=bytes(spec.CtlTlv(length=4)) + bytes(512))
         assert status_of(entry) in set(Status), code.name
     assert drv.collect(QueueIndex.CONTROL) == []
+
+
+def test_a_looping_guest_cannot_flood_the_log(drv, caplog):
+    caplog.set_level(logging.DEBUG, logger="pyvmm_snd")
+    for _ in range(60):
+        drv.linux_send((0x0999).to_bytes(4, "little"), 4)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 51 and "further ones are logged at DEBUG" in warnings[-1].getMessage()
+    assert sum("unknown request code" in r.getMessage() for r in caplog.records) == 60

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from pyvmm_snd import spec
 from pyvmm_snd.controls import ControlStore
-from pyvmm_snd.errors import RequestError, bad_msg, not_supp
+from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg, not_supp
 from pyvmm_snd.spec import JackFeature, QueueIndex, RequestCode, Status
 from pyvmm_snd.stream import PcmParams, PcmStream
 from pyvmm_snd.topology import Topology
@@ -45,6 +45,7 @@ class ControlPlane:
         self.jack_connected = jack_connected
         self.ctls_negotiated = False
         self.dataplane: DataPlane | None = None
+        self._warn = GuestWarnings(log)
         self._handlers: dict[RequestCode, Callable[[bytes, int], bytes]] = {
             RequestCode.JACK_INFO: self._jack_info,
             RequestCode.JACK_REMAP: self._jack_remap,
@@ -81,14 +82,14 @@ class ControlPlane:
         capacity = chain.writable_len
         if capacity < HDR_SIZE:
             request = reader.read(min(64, chain.readable_len))
-            log.warning("%s: no room for the %d-byte response (%d writable bytes); returned unanswered",
+            self._warn("%s: no room for the %d-byte response (%d writable bytes); returned unanswered",
                         spec.describe(request), HDR_SIZE, capacity)
             ctx.complete(QueueIndex.CONTROL, chain, 0, notify=False)
             return
         if chain.readable_len > MAX_REQUEST_BYTES:
             request = reader.read(min(64, chain.readable_len))
             status, payload = Status.BAD_MSG, b""
-            log.warning("%s -> BAD_MSG: request of %d bytes exceeds the largest legal request (%d)",
+            self._warn("%s -> BAD_MSG: request of %d bytes exceeds the largest legal request (%d)",
                         spec.describe(request), chain.readable_len, MAX_REQUEST_BYTES)
         else:
             request = reader.read()
@@ -112,7 +113,7 @@ class ControlPlane:
                 raise not_supp("control elements need VIRTIO_SND_F_CTLS, which was not negotiated")
             payload = self._handlers[code](request, capacity - HDR_SIZE)
         except RequestError as exc:
-            log.warning("%s -> %s: %s", spec.describe(request), exc.status.name, exc)
+            self._warn("%s -> %s: %s", spec.describe(request), exc.status.name, exc)
             return exc.status, b""
         log.debug("%s -> OK (%d payload bytes)", spec.describe(request), len(payload))
         return Status.OK, payload

@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from pyvmm_snd import iomsg
+from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.spec import Direction, Status
 from pyvmm_snd.stream import PcmStream, StreamState
 
@@ -56,6 +57,7 @@ class PlaceholderDataPlane:
 
     def __init__(self, ctx: DeviceContext):
         self.ctx = ctx
+        self._warn = GuestWarnings(log)
 
     def submit(self, stream: PcmStream, msg: IoMessage) -> None:
         if stream.state == StreamState.STARTED:
@@ -63,7 +65,7 @@ class PlaceholderDataPlane:
         elif stream.state in self.HOLD_STATES:
             stream.pending.append(msg)
         else:
-            log.warning("I/O message for stream %d in state %s (not prepared): returned with IO_ERR",
+            self._warn("I/O message for stream %d in state %s (not prepared): returned with IO_ERR",
                         stream.id, stream.state.value)
             iomsg.complete(self.ctx, msg, Status.IO_ERR)
 

@@ -18,7 +18,7 @@ from pyvmm_snd import iomsg, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.dataplane import PlaceholderDataPlane
-from pyvmm_snd.errors import RequestError
+from pyvmm_snd.errors import GuestWarnings, RequestError
 from pyvmm_snd.events import EventQueue
 from pyvmm_snd.spec import PcmFeature, QueueIndex, Status
 from pyvmm_snd.stream import PcmStream, StreamState
@@ -57,6 +57,7 @@ class SoundDevice(VirtioDevice):
         self.dataplane: PlaceholderDataPlane | None = None
         self.ctx: DeviceContext | None = None
         self._config = bytes(self.topology.config())
+        self._warn = GuestWarnings(log)
         log.info("virtio-snd: %d streams, %d jacks, %d chmaps, %d controls, backend %s",
                  len(self.streams), len(self.topology.jacks), len(self.topology.chmaps),
                  len(self.topology.controls), self.topology.backend)
@@ -102,7 +103,7 @@ class SoundDevice(VirtioDevice):
         elif queue_index in (QueueIndex.TX, QueueIndex.RX):
             self._process_io(QueueIndex(queue_index))
         else:
-            log.warning("virtio-snd: notify on queue %d, which does not exist", queue_index)
+            self._warn("virtio-snd: notify on queue %d, which does not exist", queue_index)
 
     def reset(self) -> None:
         if self.dataplane is not None:
@@ -132,7 +133,7 @@ class SoundDevice(VirtioDevice):
                     raise RequestError(Status.BAD_MSG, f"stream {stream.id} is {stream.direction.name.lower()}, "
                                                        f"not {msg.direction.name.lower()}")
             except RequestError as exc:
-                log.warning("virtio-snd: %s I/O message rejected (%s): %s", queue_index.name, exc.status.name, exc)
+                self._warn("virtio-snd: %s I/O message rejected (%s): %s", queue_index.name, exc.status.name, exc)
                 iomsg.reject(ctx, queue_index, chain, exc.status)
                 continue
             self.dataplane.submit(stream, msg)

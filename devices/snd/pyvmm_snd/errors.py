@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pyvmm_snd.spec import Status
 
 
@@ -19,3 +21,22 @@ def bad_msg(message: str) -> RequestError:
 
 def not_supp(message: str) -> RequestError:
     return RequestError(Status.NOT_SUPP, message)
+
+
+class GuestWarnings:
+    """WARNING lines about guest misbehaviour, bounded so a looping guest cannot flood the log:
+    the first ``limit`` go out at WARNING, later ones at DEBUG."""
+
+    def __init__(self, logger: logging.Logger, limit: int = 50):
+        self.logger = logger
+        self.limit = limit
+        self.count = 0
+
+    def __call__(self, message: str, *args) -> None:
+        self.count += 1
+        if self.count <= self.limit:
+            self.logger.warning(message, *args)
+            if self.count == self.limit:
+                self.logger.warning("%d guest errors reported; further ones are logged at DEBUG", self.limit)
+        else:
+            self.logger.debug(message, *args)

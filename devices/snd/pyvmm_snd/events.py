@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from pyvmm_snd import spec
+from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.spec import EventCode, QueueIndex
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class EventQueue:
         """Encoded events waiting for a buffer."""
         self.max_backlog = max_backlog
         self.dropped = 0
+        self._warn = GuestWarnings(log)
 
     def activate(self, ctx: DeviceContext) -> None:
         self.ctx = ctx
@@ -51,7 +53,7 @@ class EventQueue:
         queue = self.ctx.queues[QueueIndex.EVENT]
         while (chain := queue.pop()) is not None:
             if chain.writable_len < EVENT_SIZE or chain.readable_len:
-                log.warning("event buffer with %d writable / %d readable bytes (needs %d writable only): "
+                self._warn("event buffer with %d writable / %d readable bytes (needs %d writable only): "
                             "returned unused", chain.writable_len, chain.readable_len, EVENT_SIZE)
                 self.ctx.complete(QueueIndex.EVENT, chain, 0)
                 continue
@@ -64,7 +66,7 @@ class EventQueue:
         log.debug("event %s", spec.describe_event(data))
         if len(self.backlog) >= self.max_backlog:
             self.dropped += 1
-            log.warning("event backlog full (%d, driver is not posting event buffers): dropped %s",
+            self._warn("event backlog full (%d, driver is not posting event buffers): dropped %s",
                         self.max_backlog, spec.describe_event(self.backlog.popleft()))
         self.backlog.append(data)
         self._flush()
