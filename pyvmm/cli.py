@@ -105,10 +105,10 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     initrds.extend(extra_initrd)
     extra_data = []
     if command:
-        from pyvmm.cpio import build_cpio
+        from pyvmm.cpio import CpioEntry, build_cpio
 
         script = shlex.join(command) + "\n"
-        extra_data.append(build_cpio([("etc/pyvmm/cmd", script.encode(), 0o644)]))
+        extra_data.append(build_cpio([CpioEntry.file("etc/pyvmm/cmd", script.encode())]))
     config = MachineConfig(
         kernel=kernel,
         cmdline=cmdline,
