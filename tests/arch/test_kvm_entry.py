@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from pyvmm.arch.x86_64 import layout, lapic, msr
+from pyvmm.arch.x86_64 import lapic, msr
 from pyvmm.arch.x86_64.boot import load_kernel, setup_boot
 from pyvmm.arch.x86_64.cpuid import CPU_MODELS, vcpu_cpuid
 from pyvmm.arch.x86_64.elf import XEN_ELFNOTE_PHYS32_ENTRY
