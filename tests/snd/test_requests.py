@@ -219,3 +219,12 @@ def test_a_looping_guest_cannot_flood_the_log(drv, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 51 and "further ones are logged at DEBUG" in warnings[-1].getMessage()
     assert sum("unknown request code" in r.getMessage() for r in caplog.records) == 60
+
+
+def test_internal_error_is_answered_with_io_err(drv, monkeypatch, caplog):
+    def broken(request, room):
+        raise RuntimeError("simulated device bug")
+    monkeypatch.setitem(drv.device.control_plane._handlers, RequestCode.PCM_PREPARE, broken)
+    assert drv.pcm(RequestCode.PCM_PREPARE, 0) == Status.IO_ERR
+    assert any("internal error" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert drv.pcm(RequestCode.PCM_START, 0) == Status.BAD_MSG  # the queue still works

@@ -83,14 +83,14 @@ class ControlPlane:
         if capacity < HDR_SIZE:
             request = reader.read(min(64, chain.readable_len))
             self._warn("%s: no room for the %d-byte response (%d writable bytes); returned unanswered",
-                        spec.describe(request), HDR_SIZE, capacity)
+                       spec.describe(request), HDR_SIZE, capacity)
             ctx.complete(QueueIndex.CONTROL, chain, 0, notify=False)
             return
         if chain.readable_len > MAX_REQUEST_BYTES:
             request = reader.read(min(64, chain.readable_len))
             status, payload = Status.BAD_MSG, b""
             self._warn("%s -> BAD_MSG: request of %d bytes exceeds the largest legal request (%d)",
-                        spec.describe(request), chain.readable_len, MAX_REQUEST_BYTES)
+                       spec.describe(request), chain.readable_len, MAX_REQUEST_BYTES)
         else:
             request = reader.read()
             status, payload = self.dispatch(request, capacity)
@@ -105,16 +105,20 @@ class ControlPlane:
         try:
             if len(request) < HDR_SIZE:
                 raise bad_msg(f"request of {len(request)} bytes has no header")
-            code = int.from_bytes(request[:HDR_SIZE], "little")
-            if code not in RequestCode._value2member_map_:
-                raise bad_msg(f"unknown request code {code:#06x}")
-            code = RequestCode(code)
+            value = int.from_bytes(request[:HDR_SIZE], "little")
+            try:
+                code = RequestCode(value)
+            except ValueError:
+                raise bad_msg(f"unknown request code {value:#06x}") from None
             if code in CTL_REQUESTS and not self.ctls_negotiated:
                 raise not_supp("control elements need VIRTIO_SND_F_CTLS, which was not negotiated")
             payload = self._handlers[code](request, capacity - HDR_SIZE)
         except RequestError as exc:
             self._warn("%s -> %s: %s", spec.describe(request), exc.status.name, exc)
             return exc.status, b""
+        except Exception:  # a device bug must not leave the driver waiting for an answer
+            log.exception("%s -> IO_ERR: internal error", spec.describe(request))
+            return Status.IO_ERR, b""
         log.debug("%s -> OK (%d payload bytes)", spec.describe(request), len(payload))
         return Status.OK, payload
 
