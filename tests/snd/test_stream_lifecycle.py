@@ -247,3 +247,21 @@ def test_reset_drops_everything(drv):
         assert again.items(RequestCode.PCM_INFO, spec.PcmInfo, 2)[0].channels_max == 8
         assert again.pcm(START, 0) == Status.BAD_MSG
         assert again.set_params(0) == Status.OK
+
+
+@settings(max_examples=30, deadline=None)
+@given(tx_cuts=st.lists(st.integers(1, 4099), max_size=8), rx_cuts=st.lists(st.integers(1, 4103), max_size=8),
+       indirect=st.booleans())
+def test_io_messages_split_anywhere(tx_cuts, rx_cuts, indirect):
+    with SndDriver() as d:
+        d.start()
+        for stream_id in (0, 1):
+            assert d.set_params(stream_id) == Status.OK and d.pcm(PREP, stream_id) == Status.OK
+            assert d.pcm(START, stream_id) == Status.OK
+        head = d.add_tx(0, bytes(range(256)) * 16, cuts=tx_cuts, indirect=indirect)
+        [entry] = d.kick(QueueIndex.TX)
+        assert entry.id == head and entry.len == 8 and d.io_status(QueueIndex.TX, entry)[0] == Status.OK
+        d.add_rx(1, 4096, in_cuts=rx_cuts or [0], indirect=indirect)  # [0]: one writable descriptor
+        [entry] = d.kick(QueueIndex.RX)
+        assert entry.len == 4096 + 8 and entry.written[:4096] == bytes(4096)
+        assert d.io_status(QueueIndex.RX, entry)[0] == Status.OK
