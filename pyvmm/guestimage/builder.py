@@ -28,8 +28,9 @@ from .cache import building, cache_root, entry_lock
 from .initramfs import build_initramfs
 from .kernel import build_kernel, install_outputs
 from .progress import Progress, format_duration
-from .recipe import Recipe, content_key
+from .recipe import Recipe
 from .sysroot import ensure_sysroot
+from .testaudio import ramp_wav
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,7 @@ def _kernel_source(apt: PrivateApt, package: str, progress: Progress) -> Path:
 def _ensure_kernel(recipe: Recipe, apt: PrivateApt, directory: Path, debug: bool, force: bool,
                    progress: Progress) -> tuple[Path, dict]:
     source = apt.candidate(recipe.kernel["source_package"])
-    kernel_table = {k: v for k, v in recipe.kernel.items() if k != "cmdline"}
-    key = content_key(recipe.kernel_inputs(debug), recipe.directory, recipe.raw["apt"],
-                      kernel_table, _variant(debug), source.filename)
+    key = recipe.kernel_key(debug, source.filename)
     entry = directory / f"{_variant(debug)}-{key}"
     with entry_lock(entry):
         if entry.is_dir() and not force:
@@ -98,12 +97,16 @@ def _ensure_kernel(recipe: Recipe, apt: PrivateApt, directory: Path, debug: bool
     return entry, info
 
 
+def _test_audio(recipe: Recipe) -> dict[str, bytes]:
+    return {clip["path"]: ramp_wav(clip["rate"], clip["channels"], clip["frames"])
+            for clip in recipe.initramfs.get("test_audio", [])}
+
+
 def _ensure_initramfs(recipe: Recipe, apt: PrivateApt, root: Path, force: bool,
                       progress: Progress) -> Path:
     packages = list(recipe.initramfs["packages"])
     closure = apt.closure(packages)
-    key = content_key(recipe.initramfs_inputs(), recipe.directory, recipe.raw["apt"],
-                      recipe.initramfs, [p.filename for p in closure])
+    key = recipe.initramfs_key([p.filename for p in closure])
     entry = root / "initramfs" / key
     with entry_lock(entry):
         if (entry / "initramfs.cpio").is_file() and not force:
@@ -113,7 +116,8 @@ def _ensure_initramfs(recipe: Recipe, apt: PrivateApt, root: Path, force: bool,
         with building(entry) as tmp:
             contents = build_initramfs(sysroot, recipe.initramfs_files(), recipe.initramfs["busybox"],
                                        list(recipe.initramfs["programs"]),
-                                       list(recipe.initramfs["data"]), tmp / "initramfs.cpio")
+                                       list(recipe.initramfs["data"]), tmp / "initramfs.cpio",
+                                       generated=_test_audio(recipe))
             (tmp / "contents.json").write_text(json.dumps(
                 {"size": contents.size, "files": contents.files, "symlinks": contents.symlinks,
                  "packages": [f"{p.name} {p.version}" for p in closure]}, indent=2) + "\n")

@@ -127,7 +127,8 @@ def shared_libraries(sysroot: Path, program: str) -> list[str]:
 
 
 def build_initramfs(sysroot: Path, recipe_files: dict[Path, str], busybox: str,
-                    programs: list[str], data_globs: list[str], out: Path) -> InitramfsContents:
+                    programs: list[str], data_globs: list[str], out: Path,
+                    generated: dict[str, bytes] | None = None) -> InitramfsContents:
     """Write the archive to ``out`` and return what it holds."""
     sysroot = Path(sysroot)
     with open(out, "wb") as fileobj, CpioWriter(fileobj) as writer:
@@ -161,5 +162,7 @@ def build_initramfs(sysroot: Path, recipe_files: dict[Path, str], busybox: str,
 
         for source, dest in recipe_files.items():
             asm.add_bytes(dest, source.read_bytes(), source.stat().st_mode & 0o7777)
+        for dest, data in (generated or {}).items():
+            asm.add_bytes(dest, data, 0o644)
     asm.contents.size = out.stat().st_size
     return asm.contents

@@ -77,6 +77,20 @@ class Recipe:
     def initramfs_inputs(self) -> list[Path]:
         return sorted(self.initramfs_files())
 
+    def kernel_key(self, debug: bool, source_filename: str) -> str:
+        """Cache key of the kernel: everything that changes what ``make`` produces.
+
+        The command line is left out: it is passed at boot, not built in.
+        """
+        table = {k: v for k, v in self.kernel.items() if k != "cmdline"}
+        return content_key(self.kernel_inputs(debug), self.directory, self.raw["apt"], table,
+                           "debug" if debug else "default", source_filename)
+
+    def initramfs_key(self, package_filenames: list[str]) -> str:
+        """Cache key of the initramfs: its recipe files, its table and the exact packages."""
+        return content_key(self.initramfs_inputs(), self.directory, self.raw["apt"],
+                           self.initramfs, sorted(package_filenames))
+
     def _file(self, name: str) -> Path:
         path = self.directory / name
         if not path.is_file():
