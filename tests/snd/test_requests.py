@@ -228,3 +228,15 @@ def test_internal_error_is_answered_with_io_err(drv, monkeypatch, caplog):
     assert drv.pcm(RequestCode.PCM_PREPARE, 0) == Status.IO_ERR
     assert any("internal error" in r.getMessage() and r.exc_info for r in caplog.records)
     assert drv.pcm(RequestCode.PCM_START, 0) == Status.BAD_MSG  # the queue still works
+
+
+def test_stream_gain_follows_volume_and_switch(drv):
+    controls = drv.device.controls
+    assert controls.stream_gain(0) == pytest.approx(1.0)
+    assert drv.ctl_write(VOLUME, [VOLUME_MAX - 12]) == Status.OK  # -6 dB
+    assert controls.stream_gain(0) == pytest.approx(10 ** (-6 / 20))
+    assert controls.stream_gain(1) == pytest.approx(1.0)  # capture untouched
+    assert drv.ctl_write(VOLUME, [0]) == Status.OK
+    assert controls.stream_gain(0) == 0.0
+    assert drv.ctl_write(VOLUME, [VOLUME_MAX]) == Status.OK and drv.ctl_write(SWITCH, [0]) == Status.OK
+    assert controls.stream_gain(0) == 0.0

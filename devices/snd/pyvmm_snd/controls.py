@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from pyvmm_snd import spec
 from pyvmm_snd.errors import RequestError, bad_msg, not_supp
 from pyvmm_snd.spec import CtlAccess, CtlEventMask, CtlRole, CtlType
-from pyvmm_snd.topology import ControlConfig
+from pyvmm_snd.topology import VOLUME_MIN_CDB, VOLUME_STEP_CDB, ControlConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,21 @@ class ControlStore:
 
     def value(self, control_id: int) -> list[int] | bytes:
         return self.values[control_id]
+
+    def stream_gain(self, stream_id: int) -> float:
+        """Linear gain the data plane applies to ``stream_id``: 0.0 when switched off or at the
+        bottom of the volume scale (the TLV marks it as mute), 1.0 at 0 dB or without controls."""
+        switch = self.find(stream_id, CtlRole.MUTE)
+        if switch is not None and not self.values[switch][0]:
+            return 0.0
+        volume = self.find(stream_id, CtlRole.VOLUME)
+        if volume is None:
+            return 1.0
+        raw = self.values[volume][0]
+        if raw <= 0:
+            return 0.0
+        centi_db = VOLUME_MIN_CDB + raw * VOLUME_STEP_CDB
+        return 10 ** (centi_db / 2000)
 
     # -- guest requests -------------------------------------------------------------------
 
