@@ -3,7 +3,6 @@ answers whatever the descriptor layout of the request."""
 
 from __future__ import annotations
 
-import ctypes
 
 import pytest
 from hypothesis import given, settings

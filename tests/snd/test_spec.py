@@ -115,7 +115,8 @@ def test_describe_set_params_with_response():
 
 
 @pytest.mark.parametrize("request_bytes,expected", [
-    (bytes(spec.QueryInfo(code=RequestCode.PCM_INFO, start_id=0, count=2, size=32)), "PCM_INFO start=0 count=2 size=32"),
+    (bytes(spec.QueryInfo(code=RequestCode.PCM_INFO, start_id=0, count=2, size=32)),
+     "PCM_INFO start=0 count=2 size=32"),
     (bytes(spec.PcmHdr(code=RequestCode.PCM_START, stream_id=1)), "PCM_START stream=1"),
     (bytes(spec.CtlHdr(code=RequestCode.CTL_READ, control_id=3)), "CTL_READ control=3"),
     (bytes(spec.JackRemap(code=RequestCode.JACK_REMAP, jack_id=1, association=2, sequence=3)),
