@@ -80,6 +80,7 @@ def test_query_rules(drv, code, items, size):
     assert status_of(drv.query(code, 1, 0xFFFFFFFF, size, room=64)) == Status.BAD_MSG
     assert status_of(drv.query(code, 0, items, size, room=items * size - 1)) == Status.BAD_MSG  # area too small
     assert status_of(drv.query(code, 0, 1, 0)) == Status.BAD_MSG  # size 0
+    assert status_of(drv.query(code, 0, 1, 3)) == Status.BAD_MSG  # smaller than hda_fn_nid
     short = spec.QueryInfo(code=code, start_id=0, count=1, size=size)
     assert status_of(drv.linux_send(bytes(short)[:12], 4, extra_in=size)) == Status.BAD_MSG
 
@@ -89,6 +90,13 @@ def test_query_with_bigger_item_size_pads_with_zeros(drv):
     assert status_of(entry) == Status.OK and entry.len == 4 + 80
     first = entry.written[4:44]
     assert first[:32] == bytes(drv.device.topology.streams[0].info()) and first[32:] == bytes(8)
+
+
+def test_query_with_smaller_item_size_cuts_items(drv):
+    """An older driver with a shorter struct gets the prefix it knows."""
+    entry = drv.query(RequestCode.PCM_INFO, 0, 2, 27)
+    assert status_of(entry) == Status.OK and entry.len == 4 + 54
+    assert entry.written[4 + 27:4 + 54] == bytes(drv.device.topology.streams[1].info())[:27]
 
 
 def test_jack_info_reflects_host_plug_state(drv):

@@ -141,8 +141,9 @@ class ControlPlane:
         q = self._parse(spec.QueryInfo, request)
         if q.start_id + q.count > len(items):
             raise bad_msg(f"items {q.start_id}..{q.start_id + q.count - 1} requested, {len(items)} exist")
-        if q.count and q.size == 0:
-            raise bad_msg("item size 0")
+        if q.count and q.size < ctypes.sizeof(spec.Info):
+            raise bad_msg(f"item size {q.size} is smaller than the common info header")
+        # Other sizes are honoured (spec: "for backward compatibility"): items are cut or zero-padded.
         self._room(q.count * q.size, room)
         out = bytearray()
         for item in items[q.start_id:q.start_id + q.count]:
