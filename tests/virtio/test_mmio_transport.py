@@ -350,3 +350,32 @@ def test_no_interrupt_lost_under_concurrent_ack(make, irq):
     assert produced == {C.MMIO_INT_VRING: N, C.MMIO_INT_CONFIG: N}
     assert seen == produced
     assert irq.count >= 2 * N
+
+
+def test_malformed_chain_through_the_transport(make, irq, caplog):
+    from pyvmm.virtio.testing import MALFORMED
+    dev, t, drv = make()
+    drv.probe()
+    dq = drv.queues[0]
+    MALFORMED["loop"](dq)
+    good = dq.add_message(b"ok", 2)
+    drv.kick(0)
+    assert irq.wait(5)
+    assert drv.ack_interrupt() == C.MMIO_INT_VRING
+    assert [(e.id, e.len, e.written) for e in dq.collect()] == [(0, 0, b""), (good, 2, b"OK")]
+    assert "test-echo queue 0: chain head 0: descriptor 0 visited twice (loop)" in caplog.text
+    assert not drv.status & Status.DEVICE_NEEDS_RESET
+
+
+def test_broken_ring_through_the_transport_needs_reset(make, irq, caplog):
+    from pyvmm.virtio.testing import BROKEN_RING
+    dev, t, drv = make()
+    drv.probe()
+    BROKEN_RING["avail_idx_jump"](drv.queues[1])
+    drv.kick(1)
+    assert irq.wait(5)
+    assert drv.status & Status.DEVICE_NEEDS_RESET
+    assert drv.ack_interrupt() == C.MMIO_INT_CONFIG
+    assert "broken avail ring" in caplog.text
+    drv.probe()  # the driver resets and starts over: everything works again
+    assert roundtrip(drv, irq, 1, b"again", 5).written == b"AGAIN"

@@ -290,3 +290,20 @@ def test_load_used_idx_takes_over_a_live_ring(memory, allocator):
     h = dq.add_message(b"y", 1)
     q2.add_used(q2.pop(), 1)
     assert [e.id for e in dq.collect()] == [h] and q2.next_used == 4
+
+
+def test_direct_descriptors_followed_by_an_indirect_one(memory, allocator):
+    """Spec 2.7.5.3.2: the device must handle normal descriptors followed by one indirect."""
+    from pyvmm.virtio.testing.driver import F_INDIRECT, F_NEXT, F_WRITE
+    dq = DriverQueue(memory, allocator, 8)
+    q = dq.device_queue()
+    dq.reserve(0, 1)
+    table = allocator.alloc(32, 16)
+    dq.write_desc(0, dq.buffer(b"head"), 4, F_NEXT, 1)
+    dq.write_desc(0, dq.buffer(b"-tail"), 5, F_NEXT, 1, table=table)
+    dq.write_desc(1, dq.buffer(6), 6, F_WRITE, 0, table=table)
+    dq.write_desc(1, table, 32, F_INDIRECT | F_WRITE)  # WRITE on an indirect descriptor is ignored
+    dq.publish(0)
+    chain = q.pop()
+    assert chain.reader().read() == b"head-tail"
+    assert chain.writable_len == 6
