@@ -29,6 +29,9 @@ from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
 
 log = logging.getLogger(__name__)
 
+_GUEST_ERROR_REPORTS = 20
+"""Driver mistakes reported at WARNING per transport; later ones go to DEBUG (no log flood)."""
+
 _LOOP_TIMEOUT = 10.0
 """Bound on how long a vCPU waits for the device to activate or reset."""
 
@@ -71,6 +74,7 @@ class MmioTransport:
         self._lock = threading.Lock()
         self._transition_lock = threading.Lock()
         self._eventfds: list[int] = []
+        self._guest_errors = 0
         self.config_generation = 0
         self._reset_registers()
         self._active = False  # loop thread only
@@ -120,8 +124,8 @@ class MmioTransport:
                 data = b""
             return bytes(data[:size]).ljust(size, b"\0")
         if size != 4 or offset % 4:
-            log.warning("%s: %d-byte read at register offset %#x ignored (registers are 32-bit)",
-                        self.name, size, offset)
+            self._guest_error("%d-byte read at register offset %#x ignored (registers are 32-bit)",
+                              size, offset)
             return b"\0" * size
         value = self._read_register(offset)
         log.log(5, "%s: read %s = %#x", self.name, _reg_name(offset), value)
@@ -135,8 +139,8 @@ class MmioTransport:
                 log.exception("%s: write_config(%#x, %s) raised", self.name, offset - R.CONFIG, data.hex())
             return
         if len(data) != 4 or offset % 4:
-            log.warning("%s: %d-byte write at register offset %#x ignored (registers are 32-bit)",
-                        self.name, len(data), offset)
+            self._guest_error("%d-byte write at register offset %#x ignored (registers are 32-bit)",
+                              len(data), offset)
             return
         value = int.from_bytes(data, "little")
         log.log(5, "%s: write %s = %#x", self.name, _reg_name(offset), value)
@@ -205,7 +209,7 @@ class MmioTransport:
 
     def _write_driver_features(self, value: int) -> None:
         if self.status & Status.FEATURES_OK or not self.status & Status.DRIVER:
-            log.warning("%s: DriverFeatures write in status %#x ignored", self.name, self.status)
+            self._guest_error("DriverFeatures write in status %#x ignored", self.status)
             return
         sel = self._driver_features_sel
         if sel >= 2:
@@ -227,8 +231,7 @@ class MmioTransport:
                 q.disable()  # allowed at any time (Linux's vm_del_vq); the device just stops seeing it
                 return
             if self.status & Status.DRIVER_OK or (q.ready and offset != R.QUEUE_READY):
-                log.warning("%s: %s write to queue %d while it is live ignored", self.name,
-                            _reg_name(offset), q.index)
+                self._guest_error("%s write to queue %d while it is live ignored", _reg_name(offset), q.index)
                 return
             low = ~0xFFFFFFFF
             if offset == R.QUEUE_NUM:
@@ -266,15 +269,15 @@ class MmioTransport:
                 old = self.status
                 value |= old & int(Status.DEVICE_NEEDS_RESET)  # device-owned bit the driver may not have seen
                 if value & ~0xFF or old & ~value:
-                    log.warning("%s: status %#x -> %#x ignored (bits can only be added; write 0 to reset)",
-                                self.name, old, value)
+                    self._guest_error("status %#x -> %#x ignored (bits can only be added; write 0 to reset)",
+                                      old, value)
                     return
                 added = value & ~old
                 if added & Status.FEATURES_OK and not self._features_acceptable(value):
                     value &= ~int(Status.FEATURES_OK)
                     added &= ~int(Status.FEATURES_OK)
                 if added & Status.DRIVER_OK and not value & Status.FEATURES_OK:
-                    log.warning("%s: DRIVER_OK without FEATURES_OK ignored", self.name)
+                    self._guest_error("DRIVER_OK without FEATURES_OK ignored")
                     value &= ~int(Status.DRIVER_OK)
                     added &= ~int(Status.DRIVER_OK)
                 self.status = value
@@ -364,7 +367,7 @@ class MmioTransport:
 
     def _on_notify(self, index: int) -> None:
         if index >= len(self.queues):
-            log.warning("%s: notify for queue %d, the device has %d", self.name, index, len(self.queues))
+            self._guest_error("notify for queue %d, the device has %d", index, len(self.queues))
             return
         if not self._active:
             if self.status & Status.DRIVER:
@@ -397,6 +400,14 @@ class MmioTransport:
         with self._lock:
             self.status |= int(Status.DEVICE_NEEDS_RESET)
         self._raise(C.MMIO_INT_CONFIG)
+
+
+    def _guest_error(self, message: str, *args: object) -> None:
+        self._guest_errors += 1
+        level = logging.WARNING if self._guest_errors <= _GUEST_ERROR_REPORTS else logging.DEBUG
+        log.log(level, "%s: " + message, self.name, *args)
+        if self._guest_errors == _GUEST_ERROR_REPORTS:
+            log.warning("%s: further driver errors are logged at DEBUG", self.name)
 
 
 def _reg_name(offset: int) -> str:

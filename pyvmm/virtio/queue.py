@@ -49,6 +49,7 @@ _DESC = struct.Struct("<QIHH")
 _U64 = 1 << 64
 _MAX_CHAIN_BYTES = (1 << 32) - 1
 _WARNINGS_PER_QUEUE = 20
+TRACE = 5
 
 _barrier_lock = threading.Lock()
 
@@ -252,12 +253,18 @@ class SplitQueue:
             if self.event_idx:
                 self.set_avail_event(self.next_avail)
             try:
-                return self._parse_chain(head)
+                chain = self._parse_chain(head)
             except ChainError as e:
                 self._warn(f"chain head {head}: {e}; returned to the driver with length 0")
                 self._put_used(head, 0)
                 if self.signal_used is not None:
                     self.signal_used()
+                continue
+            if log.isEnabledFor(TRACE):
+                log.log(TRACE, "virtio %s: pop %r: %s", self.name, chain,
+                        " ".join(f"{a:#x}+{n}{'w' if f & C.VIRTQ_DESC_F_WRITE else 'r'}"
+                                 for a, n, f in chain.descriptors))
+            return chain
 
     def undo_pop(self) -> None:
         """Put the last popped chain back (a device that cannot handle it yet)."""
@@ -381,6 +388,8 @@ class SplitQueue:
         self._put_used(head, written)
 
     def _put_used(self, head: int, written: int) -> None:
+        if log.isEnabledFor(TRACE):
+            log.log(TRACE, "virtio %s: used head %d len %d", self.name, head, written)
         slot = self.next_used % self.size
         self._used32[1 + 2 * slot] = head
         self._used32[2 + 2 * slot] = written
