@@ -298,5 +298,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def stdio_console(on_quit: Callable[[], None], log_path=None) -> HostConsole:
     """A console on this process's stdin/stdout (what ``pyvmm run`` uses)."""
-    sys.stdout.flush()
-    return HostConsole(sys.stdin.fileno(), sys.stdout.fileno(), on_quit=on_quit, log_path=log_path)
+    if sys.stdout is not None:
+        sys.stdout.flush()  # anything Python buffered goes out before the guest's bytes
+    return HostConsole(0, 1, on_quit=on_quit, log_path=log_path)

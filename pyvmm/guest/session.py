@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 READY_LINE = "pyvmm-init: session-ready"
 SHUTDOWN_COMMAND = "reboot -f"
 RECENT_LINES = 40
-# Once per session: no continuation prompt inside the multi-line command framing.
+# Sent once after the ready line: no continuation prompt inside run()'s multi-line framing.
 SHELL_SETUP = "PS1=''; PS2=''"
 
 
@@ -83,10 +83,13 @@ class GuestSession:
         *,
         use_pty: bool = False,
         ready_pattern: str = re.escape(READY_LINE),
+        shell_setup: str | None = SHELL_SETUP,
     ) -> GuestSession:
         """Spawn ``argv`` (the VMM command line, used as given) and wait up to ``timeout``
-        seconds for the guest's ready line. On failure the VMM is stopped and the error
-        carries its recent output."""
+        seconds for a console line matching ``ready_pattern``, then send ``shell_setup``
+        (None: nothing; e.g. to drive the interactive shell by hand with :meth:`send` and
+        :meth:`wait_for`). On failure the VMM is stopped and the error carries its recent
+        output."""
         started = time.monotonic()
         if use_pty:
             master, slave = os.openpty()
@@ -115,7 +118,8 @@ class GuestSession:
         session._start_readers()
         try:
             session._wait_line(re.compile(ready_pattern), timeout, 0, "the guest's ready line", timeout)
-            session._send_setup()
+            if shell_setup:
+                session.send(shell_setup + "\n")
         except BaseException:
             session.close(timeout=0, shutdown_command=None)
             raise
@@ -126,9 +130,6 @@ class GuestSession:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def _send_setup(self) -> None:
-        self.send(SHELL_SETUP + "\n")
 
     # ----- console recording --------------------------------------------------------
 
