@@ -1,0 +1,235 @@
+"""Period clocks of a PCM stream: when the data plane may complete the next I/O message.
+
+:class:`RealTimeClock` ticks once per period on **absolute** deadlines of the event loop's
+monotonic clock (``deadline_n = t0 + n * period``, scheduled with ``loop.call_at``), so the
+time the tick callback takes, or a busy loop, never shifts later deadlines: over an hour
+the clock is exactly as far along as the loop's clock. The first tick comes one period
+after :meth:`~RealTimeClock.start` (the first period has then been played/recorded).
+
+A tick that fires after its deadline (the loop was busy) is still delivered, immediately,
+and counted in :attr:`ClockStats.late_ticks`; ticks whose deadlines passed while the loop
+was stalled are delivered back to back, none is skipped (the guest's audio position stays
+right; it just arrives in a burst).
+
+Run semantics, matching the stream commands:
+
+* :meth:`start` begins a new run: ``t0`` = now, tick numbering restarts at 1.
+* :meth:`pause` (STOP) cancels the pending tick and remembers how far into the current
+  period the clock was; :meth:`resume` (START after STOP) moves ``t0`` forward by exactly
+  the pause duration, so the period in progress finishes after its remaining time and no
+  tick is owed for the pause (nothing accumulates: deadlines stay ``t0' + n * period``).
+* :meth:`stop` (RELEASE, reset) ends the run; a later :meth:`start` begins a new one.
+
+:class:`FastClock` has the same interface but ticks as soon as the data plane says work is
+available (:meth:`notify`), through ``loop.call_soon``: tests and benchmarks run audio as
+fast as the guest can produce it.
+
+Both keep :class:`ClockStats` (per-tick lateness in ns) for benchmarks. Everything here
+runs on the event loop's thread; nothing is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TickCallback = Callable[[int], object]
+"""Called with the tick number (1, 2, ... within a run)."""
+
+LATENESS_HISTORY = 1 << 20
+"""Lateness samples kept per clock (about 3 hours of 10 ms periods)."""
+
+
+@dataclass
+class ClockStats:
+    """Counters and per-tick lateness (delivery time minus deadline) of one clock."""
+
+    period_ns: int = 0
+    ticks: int = 0
+    late_ticks: int = 0
+    """Ticks delivered more than the clock's ``late_threshold`` after their deadline."""
+    max_lateness_ns: int = 0
+    lateness_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
+    tick_times_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
+    """Loop-clock delivery time of each tick (for interval statistics)."""
+
+    def record(self, deadline: float, now: float, late_threshold: float) -> None:
+        lateness = round((now - deadline) * 1e9)
+        self.ticks += 1
+        self.lateness_ns.append(lateness)
+        self.tick_times_ns.append(round(now * 1e9))
+        self.max_lateness_ns = max(self.max_lateness_ns, lateness)
+        if now - deadline > late_threshold:
+            self.late_ticks += 1
+
+    def summary(self) -> dict[str, float]:
+        """Mean period error and lateness percentiles, in microseconds (NaN without ticks).
+
+        ``mean_period_error_us`` is the mean interval between consecutive ticks minus the
+        nominal period: about 0 for a drift-free clock however jittery single ticks are.
+        """
+        late = np.array(self.lateness_ns, dtype=np.float64) / 1e3
+        times = np.array(self.tick_times_ns, dtype=np.float64)
+        intervals = np.diff(times) / 1e3
+        nan = float("nan")
+        return {
+            "ticks": float(self.ticks),
+            "late_ticks": float(self.late_ticks),
+            "mean_period_error_us": float(intervals.mean() - self.period_ns / 1e3) if len(intervals) else nan,
+            "mean_lateness_us": float(late.mean()) if len(late) else nan,
+            "p50_lateness_us": float(np.percentile(late, 50)) if len(late) else nan,
+            "p99_lateness_us": float(np.percentile(late, 99)) if len(late) else nan,
+            "max_lateness_us": float(late.max()) if len(late) else nan,
+        }
+
+
+class RealTimeClock:
+    """Period ticks on absolute deadlines; see the module docstring for run semantics."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float, callback: TickCallback,
+                 late_threshold: float | None = None, name: str = "clock"):
+        if not period > 0:
+            raise ValueError(f"{name}: period must be positive, got {period!r}")
+        self.loop = loop
+        self.period = float(period)
+        self.callback = callback
+        self.late_threshold = self.period / 4 if late_threshold is None else late_threshold
+        self.name = name
+        self.stats = ClockStats(period_ns=round(self.period * 1e9))
+        self.t0: float | None = None
+        self.tick = 0
+        """Number of the last delivered tick in this run."""
+        self._handle: asyncio.TimerHandle | None = None
+        self._paused_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def deadline(self, n: int) -> float:
+        """Loop time at which tick ``n`` of the current run is due."""
+        assert self.t0 is not None
+        return self.t0 + n * self.period
+
+    def start(self) -> None:
+        """Begin a new run now (a running or paused run is abandoned)."""
+        self._cancel()
+        self._paused_at = None
+        self.t0 = self.loop.time()
+        self.tick = 0
+        self._schedule()
+
+    def pause(self) -> None:
+        if self._handle is None:
+            return
+        self._cancel()
+        self._paused_at = self.loop.time()
+
+    def resume(self) -> None:
+        """Continue a paused run; without a paused run this is :meth:`start`."""
+        if self._paused_at is None or self.t0 is None:
+            self.start()
+            return
+        self.t0 += self.loop.time() - self._paused_at
+        self._paused_at = None
+        self._schedule()
+
+    def stop(self) -> None:
+        self._cancel()
+        self._paused_at = None
+        self.t0 = None
+
+    def notify(self) -> None:
+        """Work became available: irrelevant for a real-time clock (it ticks regardless)."""
+
+    def _cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        self._handle = self.loop.call_at(self.deadline(self.tick + 1), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.tick += 1
+        deadline = self.deadline(self.tick)
+        now = self.loop.time()
+        self.stats.record(deadline, now, self.late_threshold)
+        if now - deadline > self.late_threshold:
+            log.debug("%s: tick %d late by %.1f ms", self.name, self.tick, (now - deadline) * 1e3)
+        # Schedule first: the callback may stop or pause the clock, which cancels this.
+        self._schedule()
+        self.callback(self.tick)
+
+
+class FastClock:
+    """Ticks through ``call_soon`` whenever work is available.
+
+    The callback returns True when it consumed a period and more may be waiting, which
+    schedules another tick; :meth:`notify` schedules one when new work arrives. At most
+    one tick is ever scheduled.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: TickCallback, name: str = "fast-clock"):
+        self.loop = loop
+        self.callback = callback
+        self.name = name
+        self.late_threshold = float("inf")
+        self.stats = ClockStats(period_ns=0)
+        self.tick = 0
+        self._active = False
+        self._handle: asyncio.Handle | None = None
+        self._requested_at = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._active
+
+    @property
+    def paused(self) -> bool:
+        return False
+
+    def start(self) -> None:
+        self._active = True
+        self.tick = 0
+        self.notify()
+
+    def pause(self) -> None:
+        self._active = False
+        self._cancel()
+
+    def resume(self) -> None:
+        self._active = True
+        self.notify()
+
+    def stop(self) -> None:
+        self.pause()
+
+    def notify(self) -> None:
+        if self._active and self._handle is None:
+            self._requested_at = self.loop.time()
+            self._handle = self.loop.call_soon(self._fire)
+
+    def _cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.tick += 1
+        self.stats.record(self._requested_at, self.loop.time(), self.late_threshold)
+        if self.callback(self.tick):
+            self.notify()
