@@ -233,6 +233,11 @@ class MmioTransport:
             if self.status & Status.DRIVER_OK or (q.ready and offset != R.QUEUE_READY):
                 self._guest_error("%s write to queue %d while it is live ignored", _reg_name(offset), q.index)
                 return
+            if not self.status & Status.FEATURES_OK:
+                # spec 3.1.1: queues are set up after feature negotiation (the ring layout
+                # depends on EVENT_IDX)
+                self._guest_error("%s write to queue %d before FEATURES_OK ignored", _reg_name(offset), q.index)
+                return
             low = ~0xFFFFFFFF
             if offset == R.QUEUE_NUM:
                 q.size = value
@@ -281,9 +286,6 @@ class MmioTransport:
                     value &= ~int(Status.DRIVER_OK)
                     added &= ~int(Status.DRIVER_OK)
                 self.status = value
-                if added & Status.FEATURES_OK:
-                    for q in self.queues:
-                        q.apply_features(self.driver_features)
             if added & Status.FAILED:
                 log.info("%s: the driver gave up on the device (status FAILED)", self.name)
             if added & Status.DRIVER_OK:

@@ -78,3 +78,14 @@ def test_stop_cancels_pending_tasks():
     with DeviceEventLoop("t") as loop:
         loop.call(lambda: loop.loop.create_task(forever()))
     assert cancelled.is_set()
+
+
+def test_stop_with_a_blocked_callback_is_bounded(caplog):
+    release = threading.Event()
+    loop = DeviceEventLoop("blocked").start()
+    loop.call_soon(release.wait, 10)
+    loop.stop(timeout=0.2)
+    assert "did not stop" in caplog.text
+    release.set()
+    loop._thread.join(5)
+    assert not loop.running

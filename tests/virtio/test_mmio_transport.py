@@ -379,3 +379,12 @@ def test_broken_ring_through_the_transport_needs_reset(make, irq, caplog):
     assert "broken avail ring" in caplog.text
     drv.probe()  # the driver resets and starts over: everything works again
     assert roundtrip(drv, irq, 1, b"again", 5).written == b"AGAIN"
+
+
+def test_queue_setup_before_features_ok_is_ignored(make, memory, allocator, caplog):
+    _, t, drv = make()
+    drv.reset()
+    drv.add_status(Status.ACKNOWLEDGE | Status.DRIVER)
+    drv.setup_queue(0, DriverQueue(memory, allocator, 8))
+    assert drv.read32(R.QUEUE_READY) == 0 and t.queues[0].size == 16 and t.queues[0].desc_table == 0
+    assert "before FEATURES_OK ignored" in caplog.text
