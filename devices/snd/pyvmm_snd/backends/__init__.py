@@ -22,6 +22,7 @@ from pyvmm.errors import VmmError
 from pyvmm_snd.backends.base import BackendError, BackendParams, BackendStats, PcmBackend
 from pyvmm_snd.backends.loopback import LoopbackBackend
 from pyvmm_snd.backends.null import NullBackend
+from pyvmm_snd.backends.pyaudio_backend import PyAudioBackend  # PortAudio itself loads on first use
 from pyvmm_snd.backends.tone import ToneBackend
 from pyvmm_snd.backends.wav import OPTIONS as WAV_OPTIONS
 from pyvmm_snd.backends.wav import create_wav_backend
@@ -44,18 +45,6 @@ def _simple(cls: type[PcmBackend]) -> Callable[..., PcmBackend]:
     return lambda options, direction, stream_id: cls(options, direction)
 
 
-def _pyaudio_factory(options, direction, stream_id):
-    from pyvmm_snd.backends.pyaudio_backend import PyAudioBackend  # imports PortAudio only when chosen
-
-    return PyAudioBackend(options, direction)
-
-
-def _pyaudio_options() -> dict[str, str]:
-    return {
-        "device": "PortAudio device: index or (part of) its name (default: the host API's default device)",
-        "buffer_ms": "host-side buffer between the VMM and PortAudio (default 100)",
-    }
-
 
 BACKENDS: dict[str, BackendType] = {
     t.name: t for t in (
@@ -64,7 +53,8 @@ BACKENDS: dict[str, BackendType] = {
         BackendType("tone", "capture a sine wave; playback discarded", ToneBackend.OPTIONS, _simple(ToneBackend)),
         BackendType("loopback", "playback streams feed capture streams of the same pipe name",
                     LoopbackBackend.OPTIONS, _simple(LoopbackBackend)),
-        BackendType("pyaudio", "the host sound card through PortAudio", _pyaudio_options(), _pyaudio_factory),
+        BackendType("pyaudio", "the host sound card through PortAudio", PyAudioBackend.OPTIONS,
+                    _simple(PyAudioBackend)),
     )
 }
 
