@@ -56,16 +56,17 @@ def guest_and_qemu():
         raise HarnessUnavailable(f"guest image builder not available: {exc}") from None
     try:
         image = build_default_guest(progress=None)
-        qemu = list(ensure_qemu())
+        qemu = list(ensure_qemu(progress=None))
     except Exception as exc:  # network, build failure, missing tools: all mean "cannot run here"
         raise HarnessUnavailable(f"cannot get the guest image or QEMU: {exc}") from None
     return image, qemu
 
 
-def backend_argv(socket_path: str, device_options: Mapping[str, str], verbose: bool = True) -> list[str]:
+def backend_argv(socket_path: str, device_options: Mapping[str, str], verbosity: int = 1) -> list[str]:
     options = [f"{key}={value}" for key, value in device_options.items()]
     return [sys.executable, "-m", "pyvmm", "vhost-user", "virtio-snd", "--socket", socket_path,
-            *(["-v"] if verbose else []), *options]
+            *(["-" + "v" * min(verbosity, 2)] if verbosity else []), *(["--trace"] if verbosity > 2 else []),
+            *options]
 
 
 def qemu_argv(qemu: list[str], image, socket_path: str, smp: int = 1, memory_mb: int = 256,
@@ -74,6 +75,8 @@ def qemu_argv(qemu: list[str], image, socket_path: str, smp: int = 1, memory_mb:
 
     ``acpi=off``: the guest kernel has no ACPI, so interrupts are routed through one IOAPIC
     and the MP table, and QEMU appends ``virtio_mmio.device=...`` for the transport it used.
+    ``force-legacy=false``: QEMU's virtio-mmio defaults to the legacy (version 1) register
+    layout, which hides feature bit 32 (VERSION_1) that virtio_snd requires.
     """
     cmdline = " ".join(part for part in (image.cmdline, SESSION_ARG, extra_cmdline) if part)
     return [
@@ -84,6 +87,7 @@ def qemu_argv(qemu: list[str], image, socket_path: str, smp: int = 1, memory_mb:
         "-smp", str(smp),
         "-m", f"{memory_mb}M",
         "-object", f"memory-backend-memfd,id=mem,size={memory_mb}M,share=on",
+        "-global", "virtio-mmio.force-legacy=false",
         "-chardev", f"socket,id=snd,path={socket_path}",
         "-device", "vhost-user-snd,chardev=snd,controls=on",
         "-display", "none",
@@ -120,12 +124,13 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int = 1, memory_mb: int = 256,
                      boot_timeout: float = DEFAULT_BOOT_TIMEOUT, extra_cmdline: str = "",
-                     keep_dir: bool = False) -> Iterator[SoundGuest]:
+                     keep_dir: bool = False, backend_verbosity: int = 1) -> Iterator[SoundGuest]:
     """A booted guest with a shell session and the vhost-user sound back end behind QEMU.
 
     Raises :class:`HarnessUnavailable` when QEMU or the guest image cannot be had, and
     :class:`~pyvmm.guest.session.SessionError` (with the console tail and the back end's
-    log) when the boot fails. ``keep_dir`` leaves the socket directory and log behind.
+    log) when the boot fails. ``keep_dir`` leaves the socket directory and log behind;
+    ``backend_verbosity`` 2 logs every vhost-user message (DEBUG), 3 every kick and call.
     """
     image, qemu = guest_and_qemu()
     workdir = Path(tempfile.mkdtemp(prefix="pyvmm-vhost-snd-"))
@@ -133,7 +138,7 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
     log_path = workdir / "backend.log"
     session = None
     with open(log_path, "wb") as log_file:
-        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}), stdin=subprocess.DEVNULL,
+        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity), stdin=subprocess.DEVNULL,
                                    stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_for_socket(socket_path, backend, log_path)

@@ -15,6 +15,7 @@ import socket
 from typing import Callable
 
 from pyvmm.errors import GuestMemoryError
+from pyvmm.log import TRACE
 from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.connection import Connection, Message, ProtocolError, RequestError
 from pyvmm.vhost_user.memory_map import FrontendMemoryMap, RegionInfo
@@ -265,8 +266,13 @@ class VhostUserBackend:
         state = msg.parse(m.VringState)
         vring = self._vring(state.index)
         size = state.num
-        if not 0 < size <= vring.max_size or size & (size - 1):
-            raise RequestError(f"vring {vring.index}: size {size} is not a power of two <= {vring.max_size}")
+        if not 0 < size <= vc.MAX_QUEUE_SIZE or size & (size - 1):
+            raise RequestError(f"vring {vring.index}: size {size} is not a power of two <= {vc.MAX_QUEUE_SIZE}")
+        if size > vring.device_max_size:
+            # vhost-user cannot advertise a maximum (QEMU's virtio-mmio offers 1024 to the
+            # driver whatever the device says), so the front end's choice stands.
+            log.debug("vring %d: %d entries, more than the device's preferred %d",
+                      vring.index, size, vring.device_max_size)
         vring.size = size
 
     def _set_vring_addr(self, msg: Message) -> None:
@@ -348,6 +354,7 @@ class VhostUserBackend:
     def _on_kick(self, vring: Vring) -> None:
         if not vring.drain_kick():
             return
+        log.log(TRACE, "kick vring %d", vring.index)
         if not self.runner.active:
             vring.kicked = True
             self._maybe_activate()

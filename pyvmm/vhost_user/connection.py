@@ -115,7 +115,8 @@ class Connection:
         data = bytearray()
         while len(data) < length:
             try:
-                chunk, new_fds, msg_flags, _ = socket.recv_fds(self.sock, length - len(data), MAX_FDS)
+                chunk, new_fds, msg_flags, _ = socket.recv_fds(self.sock, length - len(data), MAX_FDS,
+                                                                socket.MSG_CMSG_CLOEXEC)
             except socket.timeout:
                 raise ProtocolError(f"timed out waiting for {length - len(data)} more bytes") from None
             except (ConnectionResetError, BrokenPipeError) as exc:

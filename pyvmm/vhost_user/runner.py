@@ -14,6 +14,7 @@ import logging
 from typing import Callable
 
 from pyvmm.errors import GuestMemoryError
+from pyvmm.log import TRACE
 from pyvmm.vhost_user.memory_map import FrontendMemoryMap
 from pyvmm.vhost_user.vring import Vring
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
@@ -109,7 +110,7 @@ class DeviceRunner:
         addresses = vring.addresses
         assert addresses is not None
         memory = self.memory_map.memory
-        queue = SplitQueue(memory, vring.max_size, index=vring.index, name=f"vhost-user vring {vring.index}")
+        queue = SplitQueue(memory, vring.size, index=vring.index, name=f"vhost-user vring {vring.index}")
         queue.apply_features(features)
         queue.size = vring.size
         queue.desc_table, queue.avail_ring, queue.used_ring = addresses.desc, addresses.avail, addresses.used
@@ -122,6 +123,7 @@ class DeviceRunner:
         if context is not self.context:
             return  # a late completion from a device that was already stopped
         if context.queues[index].needs_notification():
+            log.log(TRACE, "call vring %d (used idx %d)", index, context.queues[index].next_used)
             self.vrings[index].signal_call()
 
     def _if_current(self, context: DeviceContext, action: Callable[..., None], *args: object) -> None:

@@ -7,6 +7,7 @@ listens again, unless the server was started with ``once``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -43,11 +44,23 @@ def bind_unix_listener(path: str) -> socket.socket:
         finally:
             probe.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a temporary name and rename once listening, so the path never exists
+    # while connecting to it would be refused (front ends poll for it, then connect once).
+    staging = f"{path}.{os.getpid()}"
     try:
-        listener.bind(path)
+        try:
+            listener.bind(staging)
+        except OSError:
+            staging = path  # e.g. the longer name exceeds sun_path
+            listener.bind(path)
         listener.listen(1)
+        if staging != path:
+            os.rename(staging, path)
     except OSError as exc:
         listener.close()
+        if staging != path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
         raise VmmError(f"cannot listen on {path}: {exc}") from None
     listener.setblocking(False)
     return listener

@@ -25,9 +25,9 @@ class RingAddresses:
 
 
 class Vring:
-    def __init__(self, index: int, max_size: int):
+    def __init__(self, index: int, device_max_size: int):
         self.index = index
-        self.max_size = max_size
+        self.device_max_size = device_max_size
         self.size = 0
         self.addresses: RingAddresses | None = None
         self.base = 0

@@ -36,7 +36,7 @@ def still_serving(fe) -> bool:
     (R.SET_FEATURES, b"\x01\x02"),                      # short payload
     (R.SET_VRING_NUM, bytes(m.VringState(7, 16))),      # no such ring
     (R.SET_VRING_NUM, bytes(m.VringState(0, 3))),       # not a power of two
-    (R.SET_VRING_NUM, bytes(m.VringState(0, 1024))),    # above the device's maximum
+    (R.SET_VRING_NUM, bytes(m.VringState(0, 65536))),   # above the split ring's maximum
     (R.SET_VRING_BASE, bytes(m.VringState(0, 1 << 20))),
     (R.SET_VRING_ENABLE, bytes(m.VringState(0, 5))),
     (R.SET_VRING_ADDR, bytes(m.VringAddr(0, 0, 0x1000, 0x2000, 0x3000, 0))),  # no memory table yet

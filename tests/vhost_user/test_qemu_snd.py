@@ -1,0 +1,90 @@
+"""End to end: the guest's virtio_snd driver, through QEMU's vhost-user-snd, to pyvmm's sound device.
+
+One guest boot (module scope) serves every check. Skipped with a message when QEMU or the
+default guest image cannot be had.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from qemu_harness import HarnessUnavailable, qemu_sound_guest  # noqa: E402
+
+pytestmark = pytest.mark.qemu
+
+COMMAND_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def guest():
+    manager = qemu_sound_guest(backend_verbosity=3)  # TRACE: every kick and call is in the log
+    try:
+        sound_guest = manager.__enter__()
+    except HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield sound_guest
+    finally:
+        manager.__exit__(None, None, None)
+
+
+def test_boot_time_under_tcg(guest, capsys):
+    with capsys.disabled():
+        print(f"\n[vhost-user-snd] QEMU TCG boot to session-ready: {guest.boot_seconds:.1f} s")
+    assert guest.session.returncode is None
+
+
+def test_card_is_listed(guest):
+    cards = guest.session.check("cat /proc/asound/cards", timeout=COMMAND_TIMEOUT)
+    assert re.search(r"^\s*0 \[", cards, re.M), cards
+    assert "virtio" in cards.lower(), cards
+
+
+def test_virtio_device_is_sound(guest):
+    ids = guest.session.check("cat /sys/bus/virtio/devices/*/device", timeout=COMMAND_TIMEOUT)
+    assert "0x0019" in ids.split(), ids
+    driver = guest.session.check("ls /sys/bus/virtio/drivers/virtio_snd", timeout=COMMAND_TIMEOUT)
+    assert "virtio" in driver, driver
+
+
+@pytest.mark.parametrize("tool, kind", [("aplay", "PLAYBACK"), ("arecord", "CAPTURE")])
+def test_streams_are_listed(guest, tool, kind):
+    out = guest.session.check(f"{tool} -l", timeout=COMMAND_TIMEOUT)
+    assert f"List of {kind} Hardware Devices" in out, out
+    assert re.search(r"^card 0: .*device \d+:", out, re.M), out
+
+
+def test_no_virtio_errors_in_dmesg(guest):
+    result = guest.session.run("dmesg | grep -i -e virtio -e snd", timeout=COMMAND_TIMEOUT)
+    bad = [line for line in result.output.splitlines()
+           if re.search(r"error|fail|timeout|timed out|invalid|bug", line, re.I)]
+    assert not bad, result.output
+
+
+def test_backend_started_the_device_cleanly(guest):
+    log = guest.backend_log.read_text()
+    assert "starting the device: 4 queues" in log, log
+    assert "Traceback" not in log, log
+    assert "ERROR" not in log, log
+
+
+def test_playback_crosses_the_tx_ring(guest):
+    """aplay's periods go out on the tx ring (vring 2) and come back with an interrupt."""
+    guest.session.run("aplay -q -D hw:0,0 -d 1 -f S16_LE -r 48000 -c 2 -t raw /dev/zero", timeout=COMMAND_TIMEOUT)
+    log = guest.backend_log.read_text()
+    assert "kick vring 2" in log, log[-3000:]
+    assert "call vring 2" in log, log[-3000:]
+    assert "Traceback" not in log
+
+
+@pytest.mark.xfail(reason="pyvmm_snd's placeholder data plane completes periods unpaced: the driver sees "
+                          "an underrun and aplay ends with EIO", strict=False)
+def test_playback_exits_cleanly(guest):
+    result = guest.session.run("aplay -q -D hw:0,0 -d 1 -f S16_LE -r 48000 -c 2 -t raw /dev/zero",
+                               timeout=COMMAND_TIMEOUT)
+    assert result.status == 0, result.output
