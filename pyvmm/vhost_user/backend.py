@@ -325,8 +325,12 @@ class VhostUserBackend:
         if fd is None:
             log.warning("vring %d: polling mode (no kick fd) is not supported", vring.index)
             return
-        os.set_blocking(fd, False)
-        self.loop.add_reader(fd, self._on_kick, vring)
+        try:
+            os.set_blocking(fd, False)
+            self.loop.add_reader(fd, self._on_kick, vring)
+        except OSError as exc:  # e.g. a regular file, which epoll cannot watch
+            vring.replace_fd("kick_fd", None)
+            raise RequestError(f"vring {vring.index}: unusable kick fd: {exc}") from None
         self._maybe_activate()
 
     def _set_vring_call(self, msg: Message) -> None:
@@ -396,9 +400,14 @@ class VhostUserBackend:
         fd = msg.take_fd()
         if fd is None:
             raise RequestError("SET_BACKEND_REQ_FD without an fd")
+        try:
+            channel = Connection(socket.socket(fileno=fd))
+        except OSError as exc:
+            os.close(fd)
+            raise RequestError(f"back-end channel fd is not a socket: {exc}") from None
         if self.backend_channel is not None:
             self.backend_channel.close()
-        self.backend_channel = Connection(socket.socket(fileno=fd))
+        self.backend_channel = channel
 
     # -- device lifecycle -------------------------------------------------------------
 

@@ -67,6 +67,19 @@ def test_region_fd_that_cannot_be_mapped(frontend):
     assert still_serving(frontend)
 
 
+def test_unusable_fds_are_refused(frontend, tmp_path):
+    frontend.negotiate()
+    with open(tmp_path / "regular", "w") as regular:
+        assert frontend.acked(R.SET_VRING_KICK, m.U64(0), [regular.fileno()]) != 0
+    r, w = os.pipe()
+    try:
+        assert frontend.acked(R.SET_BACKEND_REQ_FD, b"", [r]) != 0
+    finally:
+        os.close(r)
+        os.close(w)
+    assert still_serving(frontend)
+
+
 def test_overlapping_regions_are_refused(frontend):
     frontend.negotiate()
     desc = frontend.region_desc()
