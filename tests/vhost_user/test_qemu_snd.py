@@ -88,3 +88,18 @@ def test_playback_exits_cleanly(guest):
     result = guest.session.run("aplay -q -D hw:0,0 -d 1 -f S16_LE -r 48000 -c 2 -t raw /dev/zero",
                                timeout=COMMAND_TIMEOUT)
     assert result.status == 0, result.output
+
+
+def test_driver_rebind_stops_and_restarts_the_device(guest):
+    """Unbinding resets the device (QEMU stops the rings with GET_VRING_BASE); binding starts it again."""
+    before = guest.backend_log.read_text().count("starting the device")
+    unbound = guest.session.run("echo virtio0 > /sys/bus/virtio/drivers/virtio_snd/unbind; cat /proc/asound/cards",
+                                timeout=COMMAND_TIMEOUT)
+    assert "no soundcards" in unbound.output, unbound.output
+    bound = guest.session.check("echo virtio0 > /sys/bus/virtio/drivers/virtio_snd/bind; cat /proc/asound/cards",
+                                timeout=COMMAND_TIMEOUT)
+    assert "virtio" in bound.lower(), bound
+    log = guest.backend_log.read_text()
+    assert "stopping the device (GET_VRING_BASE" in log
+    assert log.count("starting the device") == before + 1
+    assert "Traceback" not in log
