@@ -263,6 +263,11 @@ class GuestSession:
                 self.send(shutdown_command + "\n")
             except SessionClosed:
                 pass
+        if self.process.stdin is not None:
+            try:
+                self.process.stdin.close()  # no more input: EOF (the VMM itself keeps running)
+            except OSError:
+                pass
         status = self._wait_exit(timeout)
         if status is None:
             if shutdown_command:

@@ -237,14 +237,20 @@ class Serial16550:
         with self._lock:
             if offset == RBR_THR and not self._lcr & LCR_DLAB:
                 transmit, notify = self._transmit(value)
+                if transmit is not None:
+                    # Taken before the state lock is released so bytes from several vCPUs
+                    # leave in THR order; the sink runs without the state lock, so a slow
+                    # host stdout never blocks input or register reads.
+                    self._tx_lock.acquire()
             else:
                 notify = self._write_register(offset, value)
         if transmit is not None:
-            with self._tx_lock:
-                try:
-                    self._sink(transmit)
-                except OSError as e:  # a closed stdout must not kill the vCPU thread
-                    log.warning("%s: output sink failed: %s", self.name, e)
+            try:
+                self._sink(transmit)
+            except OSError as e:  # a closed stdout must not kill the vCPU thread
+                log.warning("%s: output sink failed: %s", self.name, e)
+            finally:
+                self._tx_lock.release()
         if notify:
             self._notify_rx_space()
 

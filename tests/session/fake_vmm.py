@@ -6,7 +6,6 @@ The "guest driver" thread waits for the UART's receive interrupt, drains RBR whi
 is set and feeds the shell; the shell's output is written to THR byte by byte.
 """
 
-import os
 import subprocess
 import sys
 import threading

@@ -150,3 +150,15 @@ def test_ctrl_a_x_over_pty_quits_the_vmm(guest_env):
         assert s.process.wait(10) == 0
     finally:
         s.close(timeout=5)
+
+
+def test_shell_setup_sent_once_or_not_at_all():
+    echo_guest = ["sh", "-c", "echo pyvmm-init: session-ready; exec cat"]
+    with GuestSession.start(echo_guest, timeout=30) as s:
+        s.send("first\n")
+        s.wait_for("^first$", timeout=10)
+        assert [text for _, text in s.lines][1:] == ["PS1=''; PS2=''", "first"]
+    with GuestSession.start(echo_guest, timeout=30, shell_setup=None) as s:
+        s.send("first\n")
+        s.wait_for("^first$", timeout=10)
+        assert [text for _, text in s.lines][1:] == ["first"]
