@@ -1,67 +1,47 @@
-"""Fixtures for the vhost-user tests: a small echo device, a served socket and a connected front end."""
+"""Fixtures for the vhost-user tests: an echo device, a served socket and a connected front end."""
 
 from __future__ import annotations
 
 import socket
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.vhost_user.server import VhostUserServer
-from pyvmm.virtio.device import DeviceContext, VirtioDevice
+from pyvmm.virtio.testing import EchoDevice as SharedEchoDevice
+from pyvmm.virtio.testing.devices import ECHO_FEATURE_UPPERCASE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from vhost_frontend import FrontEnd  # noqa: E402
 
-ECHO_FEATURE = 1 << 3
+ECHO_FEATURE = 1 << ECHO_FEATURE_UPPERCASE
 
 
-class EchoDevice(VirtioDevice):
-    """Replies to every chain with its readable bytes reversed; records what happened to it."""
-
-    device_type = 0x7E
-    queue_max_sizes = (16, 32)
+class EchoDevice(SharedEchoDevice):
+    """The shared test echo device (upper-cases each chain's readable bytes into its writable
+    part), plus a record of config writes and of ``close`` for the server tests."""
 
     def __init__(self) -> None:
-        self.ctx: DeviceContext | None = None
-        self.activations: list[DeviceContext] = []
-        self.notifies: list[int] = []
-        self.resets = 0
+        super().__init__(queues=2, queue_size=16)
+        self.config_writes: list[tuple[int, bytes]] = []
         self.closed = False
-        self.config = bytearray(range(16))
-        self.changed = threading.Event()
 
-    def device_features(self) -> int:
-        return ECHO_FEATURE
+    @property
+    def notifies(self) -> list[int]:
+        return [int(event.split()[1]) for event in self.events if event.startswith("notify")]
 
-    def read_config(self, offset: int, size: int) -> bytes:
-        return bytes(self.config[offset:offset + size]).ljust(size, b"\0")
+    @property
+    def activations(self) -> int:
+        return self.events.count("activate")
+
+    @property
+    def resets(self) -> int:
+        return self.events.count("reset")
 
     def write_config(self, offset: int, data: bytes) -> None:
-        self.config[offset:offset + len(data)] = data
-
-    def activate(self, ctx: DeviceContext) -> None:
-        self.ctx = ctx
-        self.activations.append(ctx)
-        self.changed.set()
-
-    def queue_notify(self, queue_index: int) -> None:
-        self.notifies.append(queue_index)
-        assert self.ctx is not None
-        queue = self.ctx.queues[queue_index]
-        while (chain := queue.pop()) is not None:
-            data = chain.reader().read()
-            written = chain.writer().write(data[::-1])
-            self.ctx.complete(queue_index, chain, written)
-        self.changed.set()
-
-    def reset(self) -> None:
-        self.ctx = None
-        self.resets += 1
-        self.changed.set()
+        self.config_writes.append((offset, bytes(data)))
 
     def close(self) -> None:
         self.closed = True
