@@ -127,6 +127,7 @@ class PcmBackend(ABC):
 
     def write(self, data: bytes) -> None:
         """Take one period of playback frames; must not block."""
+        self._require_open()
         self.stats.written += len(data)
 
     def read(self, nbytes: int) -> bytes:
