@@ -126,15 +126,18 @@ class VhostUserBackend:
             self.on_disconnect()
 
     def _forget_state(self) -> None:
-        for vring in self.vrings:
-            self._unwatch_kick(vring)
-            vring.reset()
+        self._reset_rings_and_features()
         if self.backend_channel is not None:
             self.backend_channel.close()
             self.backend_channel = None
+        self.protocol_features = 0
+
+    def _reset_rings_and_features(self) -> None:
+        for vring in self.vrings:
+            self._unwatch_kick(vring)
+            vring.reset()
         self.features = 0
         self.features_set = False
-        self.protocol_features = 0
         self.status = 0
 
     def _on_readable(self) -> None:
@@ -218,13 +221,9 @@ class VhostUserBackend:
             vring.enabled = False
 
     def _reset_device(self, msg: Message) -> None:
+        """Back to the initial device state; the connection, its protocol features and memory stay."""
         self._stop_device("RESET_DEVICE")
-        for vring in self.vrings:
-            self._unwatch_kick(vring)
-            vring.reset()
-        self.features = 0
-        self.features_set = False
-        self.status = 0
+        self._reset_rings_and_features()
 
     # -- memory -------------------------------------------------------------------------
 
@@ -335,11 +334,22 @@ class VhostUserBackend:
 
     def _set_vring_call(self, msg: Message) -> None:
         vring, fd = self._vring_fd(msg)
-        vring.replace_fd("call_fd", fd)
+        vring.replace_fd("call_fd", self._nonblocking(fd))
 
     def _set_vring_err(self, msg: Message) -> None:
         vring, fd = self._vring_fd(msg)
-        vring.replace_fd("err_fd", fd)
+        vring.replace_fd("err_fd", self._nonblocking(fd))
+
+    @staticmethod
+    def _nonblocking(fd: int | None) -> int | None:
+        """Signalling must never block the loop, whatever kind of fd the front end passed."""
+        if fd is not None:
+            try:
+                os.set_blocking(fd, False)
+            except OSError as exc:
+                os.close(fd)
+                raise RequestError(f"unusable fd: {exc}") from None
+        return fd
 
     def _set_vring_enable(self, msg: Message) -> None:
         if not self.features & vc.bit(m.VHOST_USER_F_PROTOCOL_FEATURES):

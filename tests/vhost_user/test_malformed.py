@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -232,3 +233,25 @@ def test_serve_once_exits_after_the_front_end_leaves(tmp_path, device):
             proc.kill()
     assert proc.returncode == 0, err
     assert "device closed" in out
+
+
+def test_a_full_call_pipe_does_not_block_the_server(frontend, device):
+    """A front end that passes a blocking pipe as call fd and never drains it."""
+    start_device(frontend, device)
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(w, bytes(65536))
+        os.set_blocking(w, True)
+        assert frontend.acked(R.SET_VRING_CALL, m.U64(0), [w]) == 0
+        ring = frontend.rings[0]
+        for _ in range(3):
+            ring.add([b"ping"], [4])
+            frontend.kick(0)
+        assert wait_for(lambda: ring.used_idx() == 3)
+        assert still_serving(frontend)
+    finally:
+        os.close(r)
+        os.close(w)
