@@ -14,7 +14,8 @@ printed between them::
 Commands run in the guest shell itself (``cd`` and variables persist) with stdin from
 /dev/null, so a command reading stdin cannot swallow the end marker. Console output is
 text: CR LF (and stray CRs at line ends) become LF, invalid UTF-8 is replaced. Kernel
-messages printed while a command runs land in its output.
+messages printed while a command runs land in its output. The guest tty reads in
+canonical mode, so keep each command line under 4095 bytes (put long data in a file).
 """
 
 from __future__ import annotations
