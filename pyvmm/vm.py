@@ -30,6 +30,7 @@ from pyvmm.console import stdio_console
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.errors import VmmError
 from pyvmm.kvm import Kvm
+from pyvmm.legacy.irq import GsiLine
 from pyvmm.legacy.ports import install_legacy_devices
 from pyvmm.memory import GuestMemory
 from pyvmm.vcpu import StopKind, Vcpu, VcpuStop
@@ -47,17 +48,6 @@ EXIT_ERROR = 1
 
 #: x87 control word and MXCSR as the CPU resets them (Linux expects the defaults).
 FPU_DEFAULTS = {"fcw": 0x37F, "mxcsr": 0x1F80}
-
-
-class IrqLine:
-    """A level-triggered legacy interrupt line driven through KVM_IRQ_LINE."""
-
-    def __init__(self, vm_fd, gsi: int):
-        self._vm_fd = vm_fd
-        self.gsi = gsi
-
-    def set_level(self, high: bool) -> None:
-        self._vm_fd.irq_line(self.gsi, high)
 
 
 class IrqFd:
@@ -127,7 +117,7 @@ class Vm:
         self.legacy = install_legacy_devices(
             self.pio_bus,
             serial_sink=self.console.write_output,
-            serial_irq=IrqLine(self.vm_fd, layout.LEGACY_IRQS["com1"]),
+            serial_irq=GsiLine(self.vm_fd, layout.LEGACY_IRQS["com1"]),
             on_reset=lambda: self.request_stop(0, "guest reset the machine"),
             on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port"),
         )
