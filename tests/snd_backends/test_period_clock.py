@@ -167,13 +167,26 @@ def test_invalid_period():
 
 def test_stats_summary():
     loop = FakeLoop()
-    clock = RealTimeClock(loop, 0.010, lambda n: None)
+
+    def sometimes_slow(n):
+        if n == 3:
+            loop.now += 0.012
+
+    clock = RealTimeClock(loop, 0.010, sometimes_slow)
     clock.start()
     loop.advance_to(loop.now + 0.1001)
+    clock.pause()
+    loop.advance_to(loop.now + 5.0)  # a pause is not a long period
+    clock.resume()
+    loop.advance_to(loop.now + 0.1001)
     summary = clock.stats.summary()
-    assert summary["ticks"] == 10
+    assert summary["ticks"] == 20
+    assert len(clock.stats.intervals_ns) == 18  # no interval across the pause
+    # one tick 2 ms late: the intervals around it are 12 and 8 ms, the mean stays exact
     assert summary["mean_period_error_us"] == pytest.approx(0, abs=1e-3)
-    assert summary["max_lateness_us"] == pytest.approx(0, abs=1e-3)
+    assert summary["max_lateness_us"] == pytest.approx(2000, abs=1e-3)
+    assert summary["p50_lateness_us"] == pytest.approx(0, abs=1e-3)
+    assert summary["late_ticks"] == 0  # 2 ms is below the period/4 threshold
 
 
 def test_fast_clock_ticks_while_work_is_available():

@@ -51,6 +51,18 @@ def test_backend_params_validation_and_helpers():
     assert (q.stream_id, q.direction, q.format, q.rate) == (3, Direction.INPUT, PcmFormat.S16, 48000)
 
 
+def test_backend_params_from_the_control_planes_params():
+    from pyvmm_snd.spec import PcmRate
+    from pyvmm_snd.stream import PcmParams
+
+    control = PcmParams(buffer_bytes=4 * 2646, period_bytes=2646, features=0, channels=3,
+                        format=PcmFormat.S24_3, rate=PcmRate.RATE_44100)
+    p = BackendParams.from_stream(1, Direction.OUTPUT, control)
+    assert (p.channels, p.format, p.rate, p.period_bytes, p.buffer_bytes) == (3, PcmFormat.S24_3, 44100, 2646,
+                                                                               4 * 2646)
+    assert p.period_frames == control.period_frames and p.period_seconds == pytest.approx(control.period_seconds)
+
+
 def test_null_backend():
     out = create_backend("null", {}, Direction.OUTPUT)
     with pytest.raises(BackendError, match="not open"):

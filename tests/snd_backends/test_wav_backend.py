@@ -3,7 +3,6 @@ header validity after SIGKILL, file naming across runs, and the WAV capture sour
 
 from __future__ import annotations
 
-import os
 import signal
 import struct
 import subprocess
@@ -339,3 +338,33 @@ def test_source_without_input_records_silence():
     p = params(PcmFormat.U8, 2, direction=Direction.INPUT)
     got, _ = capture({}, p, 2)
     assert got == [b"\x80" * p.period_bytes] * 2
+
+
+def test_underrun_silence_is_recorded_and_counted(tmp_path):
+    path = tmp_path / "gap.wav"
+    sink = create_backend("wav", {"path": str(path), "fsync": "on"}, Direction.OUTPUT)
+    p = params(PcmFormat.U8, 2)
+    sink.open(p)
+    sink.write(b"\x01" * p.period_bytes)
+    sink.play_silence(p.period_bytes)
+    sink.write(b"\x02" * p.period_bytes)
+    sink.close()
+    assert parse_wav(path)["data"] == b"\x01" * p.period_bytes + b"\x80" * p.period_bytes + b"\x02" * p.period_bytes
+    assert sink.stats.underrun == p.period_bytes
+
+
+def test_riff_size_limit_rolls_over_to_next_file(tmp_path, monkeypatch):
+    from pyvmm_snd.backends import wav
+
+    p = params(PcmFormat.S16, 2)
+    monkeypatch.setattr(wav, "MAX_RIFF_SIZE", 44 + 2 * p.period_bytes + 1)
+    path = tmp_path / "long.wav"
+    sink = create_backend("wav", {"path": str(path)}, Direction.OUTPUT)
+    sink.open(p)
+    periods = [bytes([i]) * p.period_bytes for i in range(1, 6)]
+    for period in periods:
+        sink.write(period)
+    sink.close()
+    assert [parse_wav(f)["data"] for f in sink.files] == [periods[0] + periods[1], periods[2] + periods[3],
+                                                          periods[4]]
+    assert sink.files == [path, tmp_path / "long-1.wav", tmp_path / "long-2.wav"]

@@ -57,14 +57,21 @@ class ClockStats:
     """Ticks delivered more than the clock's ``late_threshold`` after their deadline."""
     max_lateness_ns: int = 0
     lateness_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
-    tick_times_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
-    """Loop-clock delivery time of each tick (for interval statistics)."""
+    intervals_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
+    """Time between consecutive ticks of one run (a pause or a new run starts over)."""
+    _previous: float | None = None
+
+    def new_segment(self) -> None:
+        """The clock (re)started: the next tick has no predecessor to measure an interval from."""
+        self._previous = None
 
     def record(self, deadline: float, now: float, late_threshold: float) -> None:
         lateness = round((now - deadline) * 1e9)
         self.ticks += 1
         self.lateness_ns.append(lateness)
-        self.tick_times_ns.append(round(now * 1e9))
+        if self._previous is not None:
+            self.intervals_ns.append(round((now - self._previous) * 1e9))
+        self._previous = now
         self.max_lateness_ns = max(self.max_lateness_ns, lateness)
         if now - deadline > late_threshold:
             self.late_ticks += 1
@@ -76,8 +83,7 @@ class ClockStats:
         nominal period: about 0 for a drift-free clock however jittery single ticks are.
         """
         late = np.array(self.lateness_ns, dtype=np.float64) / 1e3
-        times = np.array(self.tick_times_ns, dtype=np.float64)
-        intervals = np.diff(times) / 1e3
+        intervals = np.array(self.intervals_ns, dtype=np.float64) / 1e3
         nan = float("nan")
         return {
             "ticks": float(self.ticks),
@@ -128,6 +134,7 @@ class RealTimeClock:
         self._paused_at = None
         self.t0 = self.loop.time()
         self.tick = 0
+        self.stats.new_segment()
         self._schedule()
 
     def pause(self) -> None:
@@ -143,6 +150,7 @@ class RealTimeClock:
             return
         self.t0 += self.loop.time() - self._paused_at
         self._paused_at = None
+        self.stats.new_segment()
         self._schedule()
 
     def stop(self) -> None:
@@ -202,9 +210,8 @@ class FastClock:
         return False
 
     def start(self) -> None:
-        self._active = True
         self.tick = 0
-        self.notify()
+        self.resume()
 
     def pause(self) -> None:
         self._active = False
@@ -212,6 +219,7 @@ class FastClock:
 
     def resume(self) -> None:
         self._active = True
+        self.stats.new_segment()
         self.notify()
 
     def stop(self) -> None:

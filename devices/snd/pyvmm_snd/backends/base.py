@@ -80,8 +80,9 @@ class BackendParams:
 
 @dataclass
 class BackendStats:
-    """Counters in bytes; ``underrun`` is capture shortfall padded with silence, ``overflow``
-    is playback (or loopback) data dropped because a bounded buffer was full."""
+    """Counters in bytes. ``underrun``: silence that stood in for missing audio (capture
+    shortfall, or :meth:`PcmBackend.play_silence` / a host callback finding nothing to play);
+    ``overflow``: audio dropped because a bounded buffer was full."""
 
     written: int = 0
     read: int = 0
@@ -129,6 +130,12 @@ class PcmBackend(ABC):
         """Take one period of playback frames; must not block."""
         self._require_open()
         self.stats.written += len(data)
+
+    def play_silence(self, nbytes: int) -> None:
+        """Playback underrun: the period clock needs a period and the guest queued none.
+        The host gets silence (never a replay of old data), counted as ``underrun``."""
+        self.stats.underrun += nbytes
+        self.write(self.silence(nbytes))
 
     def read(self, nbytes: int) -> bytes:
         """Exactly ``nbytes`` of capture frames; must not block (silence fills a shortfall)."""
