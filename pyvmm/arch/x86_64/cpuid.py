@@ -223,7 +223,8 @@ def vcpu_cpuid(supported: Iterable, cpu_index: int, ncpus: int,
     hide_features(entries, model.hidden)
     apic_id = cpu_index
     vendor = _vendor(entries)
-    max_basic = _find(entries, 0).eax if _find(entries, 0) else 0
+    leaf0 = _find(entries, 0)
+    max_basic = leaf0.eax if leaf0 is not None else 0
 
     leaf1 = _find(entries, 0x1)
     if leaf1 is not None:
