@@ -1,4 +1,5 @@
-"""A Python vhost-user front end for tests: what QEMU does, driven step by step.
+"""A Python vhost-user front end for tests: what QEMU does, driven step by step; and the echo
+device the tests serve.
 
 Guest RAM is a memfd (shared with the back end by fd); "front-end user addresses" are the
 guest-physical addresses plus ``USER_OFFSET``, so a back end that forgets to translate
@@ -12,12 +13,15 @@ import ctypes
 import os
 import select
 import socket
+import time
 
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.connection import Connection, Message
 from pyvmm.virtio import constants as vc
 from pyvmm.virtio.testing import DriverQueue, GuestAllocator
+from pyvmm.virtio.testing import EchoDevice as SharedEchoDevice
+from pyvmm.virtio.testing.devices import ECHO_FEATURE_UPPERCASE
 
 USER_OFFSET = 0x7F00_0000_0000
 
@@ -131,3 +135,63 @@ class FrontEnd:
         state = reply.parse(m.VringState)
         assert state.index == index
         return state.num
+
+
+def connect(path: str) -> FrontEnd:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    return FrontEnd(sock)
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def start_device(fe: FrontEnd, device, event_idx: bool = False, wait: bool = True) -> None:
+    """Set the device up the way QEMU's vhost_dev_start does (``device`` gives the ring sizes)."""
+    features = None
+    if not event_idx:
+        offered = fe.get_u64(m.FrontendRequest.GET_FEATURES)
+        features = offered & ~vc.bit(vc.RING_EVENT_IDX)
+    fe.negotiate(features=features)
+    assert fe.set_mem_table() == 0
+    for index, size in enumerate(device.queue_max_sizes):
+        fe.setup_ring(index, size, event_idx=event_idx)
+    if wait:
+        assert wait_for(lambda: device.ctx is not None), "device was not activated"
+
+
+ECHO_FEATURE = 1 << ECHO_FEATURE_UPPERCASE
+
+
+class EchoDevice(SharedEchoDevice):
+    """The shared test echo device (upper-cases each chain's readable bytes into its writable
+    part), plus a record of config writes and of ``close`` for the server tests."""
+
+    def __init__(self) -> None:
+        super().__init__(queues=2, queue_size=16)
+        self.config_writes: list[tuple[int, bytes]] = []
+        self.closed = False
+
+    @property
+    def notifies(self) -> list[int]:
+        return [int(event.split()[1]) for event in self.events if event.startswith("notify")]
+
+    @property
+    def activations(self) -> int:
+        return self.events.count("activate")
+
+    @property
+    def resets(self) -> int:
+        return self.events.count("reset")
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        self.config_writes.append((offset, bytes(data)))
+
+    def close(self) -> None:
+        self.closed = True

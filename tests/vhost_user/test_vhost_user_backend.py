@@ -13,31 +13,7 @@ from pyvmm.vhost_user.backend import PROTOCOL_FEATURES
 from pyvmm.virtio import constants as vc
 from pyvmm.virtio.testing import ECHO_CONFIG, ECHO_CONFIG_MAGIC
 
-from conftest import ECHO_FEATURE, connect
-from vhost_frontend import USER_OFFSET, FrontEnd, eventfd_fired
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
-def start_device(fe: FrontEnd, device, event_idx: bool = False, wait: bool = True) -> None:
-    """Set the device up the way QEMU's vhost_dev_start does (``device`` gives the ring sizes)."""
-    features = None
-    if not event_idx:
-        offered = fe.get_u64(m.FrontendRequest.GET_FEATURES)
-        features = offered & ~vc.bit(vc.RING_EVENT_IDX)
-    fe.negotiate(features=features)
-    assert fe.set_mem_table() == 0
-    for index, size in enumerate(device.queue_max_sizes):
-        fe.setup_ring(index, size, event_idx=event_idx)
-    if wait:
-        assert wait_for(lambda: device.ctx is not None), "device was not activated"
+from vhost_frontend import ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, start_device, wait_for
 
 
 def test_features_and_limits(frontend, device):

@@ -20,9 +20,7 @@ from pyvmm.errors import VmmError
 from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.server import bind_unix_listener
 
-from conftest import ECHO_FEATURE, connect
-from test_backend import start_device, wait_for
-from vhost_frontend import USER_OFFSET, eventfd_fired
+from vhost_frontend import ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, start_device, wait_for
 
 R = m.FrontendRequest
 
@@ -177,7 +175,7 @@ def test_bind_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path):
 SERVE_SCRIPT = textwrap.dedent("""
     import logging, sys
     sys.path.insert(0, {tests!r})
-    from conftest import EchoDevice
+    from vhost_frontend import EchoDevice
     from pyvmm.vhost_user import serve
 
     class Device(EchoDevice):
