@@ -13,7 +13,8 @@ from pyvmm_snd import pcm_format
 from pyvmm_snd.pcm_format import FORMATS, sample_format
 from pyvmm_snd.spec import PcmFormat
 
-INT_FORMATS = sorted(f for f, sf in FORMATS.items() if not sf.is_float)
+INT_FORMATS = sorted(f for f, sf in FORMATS.items() if sf.kind in ("int", "uint"))
+G711 = [PcmFormat.MU_LAW, PcmFormat.A_LAW]
 FLOAT_FORMATS = [PcmFormat.FLOAT, PcmFormat.FLOAT64]
 
 
@@ -22,12 +23,11 @@ def values_for(fmt: PcmFormat, max_size: int = 64):
     return st.lists(st.integers(low, high), min_size=0, max_size=max_size)
 
 
-def test_supported_formats_are_the_linear_ones():
+def test_supported_formats_are_linear_and_g711():
     names = {f.name for f in FORMATS}
     assert names == {"S8", "U8", "S16", "U16", "S18_3", "U18_3", "S20_3", "U20_3", "S24_3", "U24_3",
-                     "S20", "U20", "S24", "U24", "S32", "U32", "FLOAT", "FLOAT64"}
-    for fmt in (PcmFormat.MU_LAW, PcmFormat.A_LAW, PcmFormat.IMA_ADPCM, PcmFormat.DSD_U8,
-                PcmFormat.IEC958_SUBFRAME, 99):
+                     "S20", "U20", "S24", "U24", "S32", "U32", "FLOAT", "FLOAT64", "MU_LAW", "A_LAW"}
+    for fmt in (PcmFormat.IMA_ADPCM, PcmFormat.DSD_U8, PcmFormat.DSD_U32, PcmFormat.IEC958_SUBFRAME, 99):
         with pytest.raises(ValueError, match="not supported"):
             sample_format(fmt)
 
@@ -47,9 +47,42 @@ def test_silence_values():
     assert pcm_format.silence(PcmFormat.U24, 4) == b"\x00\x00\x80\x00"
     assert pcm_format.silence(PcmFormat.S16, 6) == bytes(6)
     assert pcm_format.silence(PcmFormat.FLOAT, 8) == bytes(8)
-    # silence decodes to zero in every format
+    # silence decodes to zero in every format (A-law has no zero code: +8/32768)
     for fmt in FORMATS:
-        assert not np.any(pcm_format.to_float(pcm_format.silence(fmt, 48), fmt))
+        tolerance = 8 / 32768 if fmt == PcmFormat.A_LAW else 0
+        assert np.abs(pcm_format.to_float(pcm_format.silence(fmt, 48), fmt)).max() <= tolerance
+        assert pcm_format.from_float(np.zeros(3), fmt) == pcm_format.silence(fmt, 3 * sample_format(fmt).container)
+
+
+def test_g711_code_values():
+    decode = pcm_format.decode_int
+    # ITU-T G.711 reference points: mu-law 0x80/0x00 = +/-32124, 0xFF/0x7F = 0; A-law 0xAA/0x2A = +/-32256,
+    # 0xD5/0x55 = +/-8
+    assert decode(bytes([0x80, 0x00, 0xFF, 0x7F, 0xF0]), PcmFormat.MU_LAW).tolist() == [32124, -32124, 0, 0, 120]
+    assert decode(bytes([0xAA, 0x2A, 0xD5, 0x55]), PcmFormat.A_LAW).tolist() == [32256, -32256, 8, -8]
+    assert pcm_format.silence(PcmFormat.MU_LAW, 2) == b"\xff\xff" and pcm_format.silence(PcmFormat.A_LAW, 1) == b"\xd5"
+
+
+@pytest.mark.parametrize("fmt", G711, ids=lambda f: f.name)
+def test_g711_codes_round_trip_and_encoding_is_nearest(fmt):
+    codes = bytes(range(256))
+    values = pcm_format.decode_int(codes, fmt)
+    again = pcm_format.encode_int(values, fmt)
+    expected = codes.replace(b"\x7f", b"\xff") if fmt == PcmFormat.MU_LAW else codes  # mu-law has two zeros
+    assert again == expected
+    assert len(set(values.tolist())) == (255 if fmt == PcmFormat.MU_LAW else 256)
+    everything = np.arange(-32768, 32768)
+    encoded = pcm_format.decode_int(pcm_format.encode_int(everything, fmt), fmt)
+    best = np.abs(everything[:, None] - np.unique(values)[None, :]).min(axis=1)
+    assert np.array_equal(np.abs(encoded - everything), best)
+    assert np.all(np.diff(encoded) >= 0)  # monotonic
+
+
+def test_g711_converts_to_s16_and_float():
+    raw = bytes([0x80, 0x00, 0xFF])
+    assert struct.unpack("<3h", pcm_format.convert(raw, PcmFormat.MU_LAW, PcmFormat.S16)) == (32124, -32124, 0)
+    assert pcm_format.convert(struct.pack("<3h", 32124, -32124, 0), PcmFormat.S16, PcmFormat.MU_LAW) == raw
+    assert pcm_format.to_float(bytes([0xAA]), PcmFormat.A_LAW)[0] == pytest.approx(32256 / 32768)
 
 
 def test_known_byte_layouts():

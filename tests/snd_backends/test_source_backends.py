@@ -40,7 +40,7 @@ def test_backend_params_validation_and_helpers():
     assert p.frame_bytes == 6 and p.period_frames == 441 and p.period_seconds == pytest.approx(0.01)
     assert p.bytes_for(0.5) == 22050 * 6
     with pytest.raises(ValueError, match="not supported"):
-        BackendParams(0, Direction.OUTPUT, 2, PcmFormat.MU_LAW, 8000, 160, 640)
+        BackendParams(0, Direction.OUTPUT, 2, PcmFormat.DSD_U8, 8000, 160, 640)
     with pytest.raises(ValueError, match="impossible"):
         BackendParams(0, Direction.OUTPUT, 0, PcmFormat.S16, 8000, 160, 640)
 
@@ -187,3 +187,15 @@ def test_byte_ring_alignment_and_counters():
     assert ring.short == 3 + 96
     with pytest.raises(ValueError):
         ByteRing(3, align=4)
+
+
+def test_every_supported_format_has_a_wav_storage_and_a_portaudio_format():
+    from pyvmm_snd.backends.pyaudio_backend import HOST_FORMAT
+    from pyvmm_snd.backends.wavfile import WavLayout
+
+    assert set(HOST_FORMAT) == pcm_format.SUPPORTED_FORMATS
+    for fmt in pcm_format.SUPPORTED_FORMATS:
+        layout = WavLayout.for_stream(fmt, 2, 48000)
+        assert layout.valid_bits <= layout.container_bits
+        assert HOST_FORMAT[fmt] in (PcmFormat.S8, PcmFormat.U8, PcmFormat.S16, PcmFormat.S24_3, PcmFormat.S32,
+                                    PcmFormat.FLOAT)

@@ -75,6 +75,7 @@ FORMAT_CASES = [
     (PcmFormat.U8, 1, 8, 8, lambda raw: raw),
     (PcmFormat.S8, 1, 8, 8, lambda raw: bytes(b ^ 0x80 for b in raw)),
     (PcmFormat.U16, 1, 16, 16, lambda raw: bytes(b ^ 0x80 if i % 2 else b for i, b in enumerate(raw))),
+    (PcmFormat.MU_LAW, 1, 16, 16, lambda raw: pcm_format.convert(raw, PcmFormat.MU_LAW, PcmFormat.S16)),
 ]
 
 

@@ -7,9 +7,12 @@ bits in the low three bytes of a 32-bit word), ``S24_3`` is packed 3-byte ``S24_
 Bits above the sample width are ignored on decode and written as the sign extension
 (signed) or zero (unsigned) on encode.
 
-Companded and bit-stream formats (IMA ADPCM, mu-law, A-law, DSD, IEC958) are not
-supported: :func:`sample_format` raises ``ValueError`` for them, so a topology that offers
-them can be refused at start-up (:data:`SUPPORTED_FORMATS`).
+G.711 mu-law and A-law (one byte per sample) behave as 16-bit integer formats: they
+decode to 16-bit linear values and encode to the code with the nearest value.
+
+IMA ADPCM, DSD and IEC958 sub-frames are not supported: :func:`sample_format` raises
+``ValueError`` for them, so a topology that offers them can be refused at start-up
+(:data:`SUPPORTED_FORMATS`).
 
 Conversions between integer formats are exact (bit shifts); anything involving a float
 format goes through float64, so 32-bit integers survive a float round trip too.
@@ -31,11 +34,15 @@ class SampleFormat:
 
     format: PcmFormat
     width: int
-    """Significant bits (the float formats: 32 or 64)."""
+    """Significant bits of the linear value (float formats: 32 or 64; G.711: 16)."""
     container: int
     """Bytes one sample occupies (1, 2, 3, 4 or 8)."""
     kind: str
-    """``"int"``, ``"uint"`` or ``"float"``."""
+    """``"int"``, ``"uint"``, ``"float"``, ``"mulaw"`` or ``"alaw"``."""
+
+    @property
+    def companded(self) -> bool:
+        return self.kind in ("mulaw", "alaw")
 
     @property
     def is_float(self) -> bool:
@@ -56,7 +63,7 @@ class SampleFormat:
         """The little-endian numpy dtype of one container (packed formats: 3 x uint8 per sample)."""
         if self.is_float:
             return np.dtype(f"<f{self.container}")
-        if self.packed:
+        if self.packed or self.companded:
             return np.dtype(np.uint8)
         return np.dtype(f"<{'i' if self.kind == 'int' else 'u'}{self.container}")
 
@@ -68,7 +75,8 @@ class SampleFormat:
 
 
 def _table() -> dict[PcmFormat, SampleFormat]:
-    table = {}
+    table = {PcmFormat.MU_LAW: SampleFormat(PcmFormat.MU_LAW, 16, 1, "mulaw"),
+             PcmFormat.A_LAW: SampleFormat(PcmFormat.A_LAW, 16, 1, "alaw")}
     for fmt, layout in spec.SAMPLE_LAYOUTS.items():
         name = fmt.name
         if name in ("FLOAT", "FLOAT64"):
@@ -82,6 +90,36 @@ def _table() -> dict[PcmFormat, SampleFormat]:
 FORMATS: dict[PcmFormat, SampleFormat] = _table()
 SUPPORTED_FORMATS = frozenset(FORMATS)
 """The formats the data plane (backends, gain) can handle."""
+
+
+def _mulaw_values() -> np.ndarray:
+    """16-bit linear value of each mu-law code (ITU-T G.711; codes are stored inverted)."""
+    u = ~np.arange(256, dtype=np.int64) & 0xFF
+    exponent, mantissa = u >> 4 & 7, u & 0xF
+    magnitude = ((mantissa << 3) + 0x84 << exponent) - 0x84
+    return np.where(u & 0x80, -magnitude, magnitude)
+
+
+def _alaw_values() -> np.ndarray:
+    """16-bit linear value of each A-law code (ITU-T G.711; even bits are stored inverted)."""
+    a = np.arange(256, dtype=np.int64) ^ 0x55
+    exponent, mantissa = a >> 4 & 7, a & 0xF
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, (mantissa << 4) + 0x108 << np.maximum(exponent - 1, 0))
+    return np.where(a & 0x80, magnitude, -magnitude)
+
+
+_G711_VALUES = {"mulaw": _mulaw_values(), "alaw": _alaw_values()}
+
+
+def _g711_encode(values: np.ndarray, kind: str) -> np.ndarray:
+    """The code whose value is nearest to each 16-bit value. Ties go to the larger value, so
+    0 encodes as the spec's silence codes: A-law 0xD5 (+8) and mu-law 0xFF ("positive zero")."""
+    table = _G711_VALUES[kind]
+    order = np.lexsort((-np.arange(256), table))
+    ordered = table[order]
+    right = np.clip(np.searchsorted(ordered, values), 1, len(ordered) - 1)
+    pick_left = values - ordered[right - 1] < ordered[right] - values
+    return order[np.where(pick_left, right - 1, right)].astype(np.uint8)
 
 
 def sample_format(fmt: int) -> SampleFormat:
@@ -117,6 +155,8 @@ def decode_int(data: bytes, fmt: int) -> np.ndarray:
     if sf.is_float:
         raise ValueError(f"{sf.format.name} is not an integer format")
     raw_bytes = np.frombuffer(_whole(data, sf), dtype=np.uint8)
+    if sf.companded:
+        return _G711_VALUES[sf.kind][raw_bytes]
     if sf.packed:
         b = raw_bytes.reshape(-1, 3).astype(np.int64)
         raw = b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16
@@ -137,6 +177,8 @@ def encode_int(values: np.ndarray, fmt: int) -> bytes:
         raise ValueError(f"{sf.format.name} is not an integer format")
     low, high = sf.int_range
     v = np.clip(np.asarray(values, dtype=np.int64), low, high)
+    if sf.companded:
+        return _g711_encode(v, sf.kind).tobytes()
     if sf.kind == "uint":
         v = v + (1 << (sf.width - 1))
     if sf.packed:

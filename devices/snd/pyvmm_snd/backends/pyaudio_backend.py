@@ -6,7 +6,7 @@ event loop only ever copies bytes (``write``/``read`` never wait on the sound ca
 the ring runs dry the card gets silence (counted as underrun); when it is full the oldest
 frames are dropped (overflow).
 
-Sample formats PortAudio lacks are converted on the way: U16 to paInt16; S18_3/S20_3 and
+Sample formats PortAudio lacks are converted on the way: U16, mu-law and A-law to paInt16; S18_3/S20_3 and
 the unsigned 3-byte formats to paInt24 (packed, like S24_3); S20/S24/U20/U24/U32 (32-bit
 containers) to paInt32, shifted to the top; FLOAT64 to paFloat32.
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HOST_FORMAT: dict[PcmFormat, PcmFormat] = {
     PcmFormat.S8: PcmFormat.S8, PcmFormat.U8: PcmFormat.U8,
     PcmFormat.S16: PcmFormat.S16, PcmFormat.U16: PcmFormat.S16,
+    PcmFormat.MU_LAW: PcmFormat.S16, PcmFormat.A_LAW: PcmFormat.S16,
     PcmFormat.S18_3: PcmFormat.S24_3, PcmFormat.U18_3: PcmFormat.S24_3,
     PcmFormat.S20_3: PcmFormat.S24_3, PcmFormat.U20_3: PcmFormat.S24_3,
     PcmFormat.S24_3: PcmFormat.S24_3, PcmFormat.U24_3: PcmFormat.S24_3,

@@ -11,6 +11,7 @@ and MSB-aligned samples in wider containers):
 =====================  ===========================================================
 S8 / U8                8-bit unsigned PCM
 S16 / U16              16-bit PCM
+MU_LAW / A_LAW         16-bit PCM (decoded)
 S24_3 / S20_3 / S18_3  24-bit PCM, samples shifted to the top (valid bits 18/20/24)
 S24 / S20 (32-bit)     32-bit PCM, shifted to the top, EXTENSIBLE valid bits 24/20
 S32 / U32              32-bit PCM
@@ -44,6 +45,7 @@ MAX_RIFF_SIZE = 0xFFFFFFFF
 _STORAGE: dict[PcmFormat, PcmFormat] = {
     PcmFormat.S8: PcmFormat.U8, PcmFormat.U8: PcmFormat.U8,
     PcmFormat.S16: PcmFormat.S16, PcmFormat.U16: PcmFormat.S16,
+    PcmFormat.MU_LAW: PcmFormat.S16, PcmFormat.A_LAW: PcmFormat.S16,
     PcmFormat.S18_3: PcmFormat.S24_3, PcmFormat.U18_3: PcmFormat.S24_3,
     PcmFormat.S20_3: PcmFormat.S24_3, PcmFormat.U20_3: PcmFormat.S24_3,
     PcmFormat.S24_3: PcmFormat.S24_3, PcmFormat.U24_3: PcmFormat.S24_3,
