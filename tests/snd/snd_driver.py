@@ -7,8 +7,9 @@ indirect, the way Linux does it or any other way the spec allows.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
+import heapq
+import itertools
 import struct
 from typing import Sequence
 
@@ -24,6 +25,54 @@ RAM = 64 << 20
 QUEUE_SIZE = 64
 
 
+class _Timer:
+    def __init__(self, when: float, fn, args):
+        self.when, self.fn, self.args, self.cancelled = when, fn, args, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeClockLoop:
+    """Stands in for the device event loop: timers fire only when the test advances time, so
+    pacing is checked exactly, without sleeping or asserting wall-clock durations."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, fn, *args) -> _Timer:
+        timer = _Timer(when, fn, args)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
+
+    def call_later(self, delay: float, fn, *args) -> _Timer:
+        return self.call_at(self.now + delay, fn, *args)
+
+    def is_running(self) -> bool:
+        return False
+
+    def pending_timers(self) -> int:
+        return sum(not t.cancelled for _, _, t in self._timers)
+
+    def advance(self, seconds: float) -> None:
+        target = self.now + seconds
+        while self._timers and self._timers[0][0] <= target:
+            when, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self.now = max(self.now, when)
+            timer.fn(*timer.args)
+        self.now = target
+
+    def close(self) -> None:
+        self._timers.clear()
+
+
 def status_of(entry: UsedEntry) -> Status:
     assert entry.len >= 4, f"used length {entry.len} has no status"
     return Status(int.from_bytes(entry.written[:4], "little"))
@@ -33,7 +82,7 @@ class SndDriver:
     """Driver half of the four virtio-snd queues, wired to a SoundDevice."""
 
     def __init__(self, device: SoundDevice | None = None, options: dict[str, str] | None = None,
-                 features: int | None = None, indirect: bool = True):
+                 features: int | None = None, indirect: bool = True, loop=None):
         self.device = device or SoundDevice(options or {})
         self.memory = GuestMemory.create([(0, RAM)])
         self.alloc = GuestAllocator(self.memory, 0x1000, RAM - 0x1000)
@@ -42,7 +91,7 @@ class SndDriver:
         self.signals: list[int] = []
         self._writable: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self.resets: list[str] = []
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop or FakeClockLoop()
         self.features = self.device.device_features() if features is None else features
         self.ctx = DeviceContext(memory=self.memory, queues=self.device_queues, features=self.features,
                                  loop=self.loop, signal_used=self.signals.append,
@@ -161,6 +210,10 @@ class SndDriver:
 
     def writable_area(self, queue: QueueIndex, head: int) -> bytes:
         return b"".join(self.memory.read(addr, n) for addr, n in self._writable[head, queue])
+
+    def advance(self, seconds: float) -> None:
+        """Let device time pass (stream clocks tick)."""
+        self.loop.advance(seconds)
 
     def kick(self, queue: QueueIndex) -> list[UsedEntry]:
         self.device.queue_notify(queue)

@@ -136,7 +136,7 @@ def test_host_calls_from_another_thread_run_on_the_device_loop():
     import asyncio
     import threading
 
-    with SndDriver() as d:
+    with SndDriver(loop=asyncio.new_event_loop()) as d:
         loop_thread_ids = []
         ready = threading.Event()
 

@@ -136,31 +136,88 @@ def test_prepare_without_set_params_uses_defaults(drv):
 
 # -- I/O while the control plane moves the stream (placeholder data plane) --------------------------
 
-def test_playback_held_before_start_completed_on_start(drv):
+PERIOD = 4096
+PERIOD_S = PERIOD / (48000 * 4)  # S16 stereo at 48 kHz: 21.3 ms
+
+
+def test_playback_held_before_start_then_paced_one_period_each(drv):
     assert send(drv, SET) == Status.OK and send(drv, PREP) == Status.OK
-    heads = [drv.add_tx(0, bytes(4096), cuts=[4, 1000]) for _ in range(3)]
+    heads = [drv.add_tx(0, bytes(PERIOD), cuts=[4, 1000]) for _ in range(3)]
     assert drv.kick(QueueIndex.TX) == []  # pre-buffered, held
     assert len(drv.device.streams[0].pending) == 3
+    drv.advance(1.0)
+    assert drv.collect(QueueIndex.TX) == []  # not started: the clock does not run
     assert send(drv, START) == Status.OK
-    done = drv.collect(QueueIndex.TX)
+    assert drv.collect(QueueIndex.TX) == []  # nothing completes at START (no burst)
+    done = []
+    for n in range(1, 4):
+        drv.advance(PERIOD_S * 0.9)
+        assert len(done + drv.collect(QueueIndex.TX)) == n - 1 or pytest.fail("completed early")
+        drv.advance(PERIOD_S * 0.1 + 1e-9)
+        done += drv.collect(QueueIndex.TX)
+        assert len(done) == n
     assert [e.id for e in done] == heads
     for entry in done:
         assert entry.len == 8 and drv.io_status(QueueIndex.TX, entry) == (Status.OK, 0)
-    head = drv.add_tx(0, bytes(4096))
-    [entry] = drv.kick(QueueIndex.TX)  # running: completed at once (placeholder)
-    assert entry.id == head and entry.len == 8
 
 
-def test_capture_returns_silence_when_started(drv):
+def test_playback_underrun_restarts_the_clock_on_the_next_message(drv):
+    for code in (SET, PREP, START):
+        assert send(drv, code) == Status.OK
+    drv.advance(10 * PERIOD_S)  # nothing queued: nothing to do
+    head = drv.add_tx(0, bytes(PERIOD))
+    assert drv.kick(QueueIndex.TX) == []
+    drv.advance(PERIOD_S + 1e-9)
+    assert [e.id for e in drv.collect(QueueIndex.TX)] == [head]
+
+
+def test_pause_holds_messages_and_resume_continues(drv):
+    for code in (SET, PREP, START):
+        assert send(drv, code) == Status.OK
+    for _ in range(3):
+        drv.add_tx(0, bytes(PERIOD))
+    drv.kick(QueueIndex.TX)
+    drv.advance(PERIOD_S + 1e-9)
+    assert len(drv.collect(QueueIndex.TX)) == 1
+    assert send(drv, STOP) == Status.OK
+    drv.advance(10 * PERIOD_S)
+    assert drv.collect(QueueIndex.TX) == [] and len(drv.device.streams[0].pending) == 2
+    assert send(drv, START) == Status.OK
+    drv.advance(2 * PERIOD_S + 1e-9)
+    assert len(drv.collect(QueueIndex.TX)) == 2
+
+
+def test_message_duration_follows_its_length_and_format():
+    with SndDriver(options={"formats": "s16+s32"}) as d:
+        d.start()
+        assert d.set_params(0, buffer_bytes=48000 * 8, period_bytes=48000, channels=2,
+                            fmt=PcmFormat.S32) == Status.OK  # 8-byte frames: 6000 frames = 125 ms
+        assert d.pcm(PREP, 0) == Status.OK and d.pcm(START, 0) == Status.OK
+        d.add_tx(0, bytes(48000))
+        d.add_tx(0, bytes(24000))  # a short last message: 62.5 ms
+        d.kick(QueueIndex.TX)
+        d.advance(0.124)
+        assert d.collect(QueueIndex.TX) == []
+        d.advance(0.002)
+        assert len(d.collect(QueueIndex.TX)) == 1
+        d.advance(0.060)  # due at 0.125 + 0.0625 = 0.1875 s after START
+        assert d.collect(QueueIndex.TX) == []
+        d.advance(0.003)
+        assert len(d.collect(QueueIndex.TX)) == 1
+
+
+def test_capture_returns_silence_paced(drv):
     assert drv.set_params(1, fmt=PcmFormat.S16) == Status.OK and drv.pcm(PREP, 1) == Status.OK
-    heads = [drv.add_rx(1, 4096, in_cuts=[100, 4096]) for _ in range(2)]
+    heads = [drv.add_rx(1, PERIOD, in_cuts=[100, PERIOD]) for _ in range(2)]
     assert drv.kick(QueueIndex.RX) == []
     assert drv.pcm(START, 1) == Status.OK
+    assert drv.collect(QueueIndex.RX) == []
+    drv.advance(2 * PERIOD_S + 1e-9)
     done = drv.collect(QueueIndex.RX)
     assert [e.id for e in done] == heads
     for entry in done:
-        assert entry.len == 4096 + 8
-        assert entry.written[:4096] == bytes(4096)
+        assert entry.len == PERIOD + 8
+        assert entry.written[:PERIOD] == bytes(PERIOD)
         assert drv.io_status(QueueIndex.RX, entry) == (Status.OK, 0)
 
 
@@ -170,7 +227,9 @@ def test_capture_silence_of_unsigned_format():
         assert d.set_params(1, buffer_bytes=4096, period_bytes=1024, channels=2, fmt=PcmFormat.U8) == Status.OK
         assert d.pcm(PREP, 1) == Status.OK and d.pcm(START, 1) == Status.OK
         d.add_rx(1, 1024)
-        [entry] = d.kick(QueueIndex.RX)
+        d.kick(QueueIndex.RX)
+        d.advance(1.0)
+        [entry] = d.collect(QueueIndex.RX)
         assert entry.written[:1024] == b"\x80" * 1024
 
 
@@ -259,9 +318,35 @@ def test_io_messages_split_anywhere(tx_cuts, rx_cuts, indirect):
             assert d.set_params(stream_id) == Status.OK and d.pcm(PREP, stream_id) == Status.OK
             assert d.pcm(START, stream_id) == Status.OK
         head = d.add_tx(0, bytes(range(256)) * 16, cuts=tx_cuts, indirect=indirect)
-        [entry] = d.kick(QueueIndex.TX)
-        assert entry.id == head and entry.len == 8 and d.io_status(QueueIndex.TX, entry)[0] == Status.OK
         d.add_rx(1, 4096, in_cuts=rx_cuts or [0], indirect=indirect)  # [0]: one writable descriptor
-        [entry] = d.kick(QueueIndex.RX)
+        d.device.queue_notify(QueueIndex.TX)
+        d.device.queue_notify(QueueIndex.RX)
+        d.advance(1.0)
+        [entry] = d.collect(QueueIndex.TX)
+        assert entry.id == head and entry.len == 8 and d.io_status(QueueIndex.TX, entry)[0] == Status.OK
+        [entry] = d.collect(QueueIndex.RX)
         assert entry.len == 4096 + 8 and entry.written[:4096] == bytes(4096)
         assert d.io_status(QueueIndex.RX, entry)[0] == Status.OK
+
+
+def test_reset_and_release_stop_the_clock(drv):
+    for code in (SET, PREP, START):
+        assert send(drv, code) == Status.OK
+    for _ in range(3):
+        drv.add_tx(0, bytes(PERIOD))
+    drv.kick(QueueIndex.TX)
+    assert drv.loop.pending_timers() == 1
+    drv.device.reset()
+    assert drv.loop.pending_timers() == 0
+    drv.advance(1.0)
+    assert drv.collect(QueueIndex.TX) == []
+
+    with SndDriver() as d:
+        d.start()
+        for code in (SET, PREP, START):
+            assert send(d, code) == Status.OK
+        d.add_tx(0, bytes(PERIOD))
+        d.kick(QueueIndex.TX)
+        assert send(d, STOP) == Status.OK and send(d, REL) == Status.OK
+        assert len(d.collect(QueueIndex.TX)) == 1  # returned by RELEASE
+        assert d.loop.pending_timers() == 0
