@@ -48,15 +48,18 @@ class SoundGuest:
     """From starting QEMU to the guest's ``session-ready`` line."""
 
 
-def guest_and_qemu():
-    """The default guest image and the QEMU argv prefix, or :class:`HarnessUnavailable`."""
+def guest_and_qemu(image=None, qemu: list[str] | None = None):
+    """The guest image and QEMU argv prefix (defaults: the cached default guest and Debian's
+    QEMU), or :class:`HarnessUnavailable`."""
     try:
         from pyvmm.guestimage import build_default_guest, ensure_qemu
     except ImportError as exc:
         raise HarnessUnavailable(f"guest image builder not available: {exc}") from None
     try:
-        image = build_default_guest(progress=None)
-        qemu = list(ensure_qemu(progress=None))
+        if image is None:
+            image = build_default_guest(progress=None)
+        if qemu is None:
+            qemu = list(ensure_qemu(progress=None))
     except Exception as exc:  # network, build failure, missing tools: all mean "cannot run here"
         raise HarnessUnavailable(f"cannot get the guest image or QEMU: {exc}") from None
     return image, qemu
@@ -124,22 +127,25 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int = 1, memory_mb: int = 256,
                      boot_timeout: float = DEFAULT_BOOT_TIMEOUT, extra_cmdline: str = "",
-                     keep_dir: bool = False, backend_verbosity: int = 1) -> Iterator[SoundGuest]:
+                     keep_dir: bool = False, backend_verbosity: int = 1, image=None,
+                     qemu: list[str] | None = None) -> Iterator[SoundGuest]:
     """A booted guest with a shell session and the vhost-user sound back end behind QEMU.
 
     Raises :class:`HarnessUnavailable` when QEMU or the guest image cannot be had, and
     :class:`~pyvmm.guest.session.SessionError` (with the console tail and the back end's
     log) when the boot fails. ``keep_dir`` leaves the socket directory and log behind;
     ``backend_verbosity`` 2 logs every vhost-user message (DEBUG), 3 every kick and call.
+    ``image`` (a :class:`~pyvmm.guestimage.GuestImage`) and ``qemu`` (an argv prefix) default
+    to ``build_default_guest()`` and ``ensure_qemu()``.
     """
-    image, qemu = guest_and_qemu()
+    image, qemu = guest_and_qemu(image, qemu)
     workdir = Path(tempfile.mkdtemp(prefix="pyvmm-vhost-snd-"))
     socket_path = str(workdir / "snd.sock")
     log_path = workdir / "backend.log"
     session = None
     with open(log_path, "wb") as log_file:
-        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity), stdin=subprocess.DEVNULL,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
+        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity),
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_for_socket(socket_path, backend, log_path)
         argv = qemu_argv(qemu, image, socket_path, smp, memory_mb, extra_cmdline)
