@@ -17,7 +17,7 @@ from vmm_cli import pyvmm_argv
 pytestmark = [pytest.mark.kvm, pytest.mark.guest]
 
 MEM_MIB = 256
-SMP = 1
+SMP = 2
 BOOT_TIMEOUT = 400
 
 
