@@ -253,6 +253,7 @@ def test_wav_option_errors(tmp_path):
     sink = create_backend("wav", {"path": str(tmp_path / "no-such-dir" / "x.wav")}, Direction.OUTPUT)
     with pytest.raises(VmmError, match="cannot create"):
         sink.open(params())
+    assert not sink.is_open
 
 
 # -- capture source -----------------------------------------------------------------------------

@@ -102,7 +102,6 @@ class PcmBackend(ABC):
     NAME: ClassVar[str]
     OPTIONS: ClassVar[dict[str, str]] = {}
     """Option name -> one-line help (the ``backend.`` prefix is not part of the name)."""
-    DIRECTIONS: ClassVar[frozenset[Direction]] = frozenset(Direction)
 
     def __init__(self, options: dict[str, str], direction: Direction):
         self.options = dict(options)

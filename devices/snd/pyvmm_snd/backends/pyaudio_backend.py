@@ -114,6 +114,7 @@ class PyAudioBackend(PcmBackend):
         self._ring: ByteRing | None = None
         self._host: BackendParams | None = None
         self._started = False
+        self._start_failed = False
         self._drainer: threading.Thread | None = None
 
     def open(self, params: BackendParams) -> None:
@@ -140,11 +141,18 @@ class PyAudioBackend(PcmBackend):
                 stream_callback=self._make_callback(ring, host, output),
                 start=False)
         except (OSError, ValueError) as exc:
+            self.params = None
             raise BackendError(f"pyaudio: cannot open {params} on {self.device['name']!r}: {exc}") from None
         self._stream, self._ring, self._host, self._started = stream, ring, host, False
+        self._start_failed = False
         log.info("pyaudio: %s on %r (%s)", params, self.device["name"], _PA_FORMAT_NAME[host_format])
         if not output:
-            self._start()
+            try:
+                self._start()
+            except BackendError:
+                self.close_stream()
+                self.params = None
+                raise
 
     def _make_callback(self, ring: ByteRing, host: BackendParams, output: bool):
         import pyaudio
@@ -180,8 +188,12 @@ class PyAudioBackend(PcmBackend):
         host_bytes = pcm_format.convert(data, params.format, self._host.format)
         dropped = self._ring.write(host_bytes)
         self.stats.overflow += dropped // self._host.frame_bytes * params.frame_bytes
-        if not self._started:
-            self._start()
+        if not self._started and not self._start_failed:
+            try:
+                self._start()
+            except BackendError as exc:
+                self._start_failed = True
+                log.error("%s; this run plays nothing", exc)
 
     def read(self, nbytes: int) -> bytes:
         params = self._require_open()

@@ -71,7 +71,6 @@ def numbered_path(path: Path, index: int) -> Path:
 class WavSink(PcmBackend):
     NAME = "wav"
     OPTIONS = OPTIONS
-    DIRECTIONS = frozenset({Direction.OUTPUT})
 
     def __init__(self, options: dict[str, str], direction: Direction, stream_id: int | None = None):
         """With ``stream_id`` the file name is claimed now, so a clash is a start-up error."""
@@ -98,10 +97,14 @@ class WavSink(PcmBackend):
     def open(self, params: BackendParams) -> None:
         super().open(params)
         layout = WavLayout.for_stream(params.format, params.channels, params.rate)
-        if self.path is not None and layout == self._layout and self._base_path(params.stream_id) == self._base:
-            self._reopen()
-        else:
-            self._new_file(layout)
+        try:
+            if self.path is not None and layout == self._layout and self._base_path(params.stream_id) == self._base:
+                self._reopen()
+            else:
+                self._new_file(layout)
+        except BackendError:
+            self.params = None
+            raise
 
     def _base_path(self, stream_id: int) -> Path:
         path = Path(self.path_template.replace("{stream}", str(stream_id))).absolute()
@@ -125,7 +128,11 @@ class WavSink(PcmBackend):
         self._fd, self._layout, self._data_size, self.path, self._failed = fd, layout, 0, path, False
         self.files.append(path)
         self.stats.count("files")
-        self._write_header()
+        try:
+            self._write_header()
+        except OSError as exc:
+            self._close_fd()
+            raise BackendError(f"wav: cannot write {path}: {exc.strerror}") from None
         log.info("wav: recording %s to %s", self.params, path)
 
     def _reopen(self) -> None:
@@ -193,7 +200,6 @@ class WavSink(PcmBackend):
 class WavSource(PcmBackend):
     NAME = "wav"
     OPTIONS = OPTIONS
-    DIRECTIONS = frozenset({Direction.INPUT})
 
     def __init__(self, options: dict[str, str], direction: Direction):
         super().__init__(options, direction)
