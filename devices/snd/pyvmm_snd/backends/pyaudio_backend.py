@@ -11,7 +11,8 @@ the unsigned 3-byte formats to paInt24 (packed, like S24_3); S20/S24/U20/U24/U32
 containers) to paInt32, shifted to the top; FLOAT64 to paFloat32.
 
 A playback stream starts PortAudio at its first period (no silence is played between
-PREPARE and the first data); ``close`` lets PortAudio drain what is queued on a helper
+PREPARE and the first data); from then on, silence the card plays for lack of data (the
+guest paused or is late) counts as underrun; ``close`` lets PortAudio drain what is queued on a helper
 thread, so closing never holds the event loop.
 """
 
@@ -155,9 +156,11 @@ class PyAudioBackend(PcmBackend):
                 raise
 
     def _make_callback(self, ring: ByteRing, host: BackendParams, output: bool):
+        """PortAudio's callback (runs on PortAudio's thread); counters are in stream bytes."""
         import pyaudio
 
         stats = self.stats
+        stream_frame = pcm_format.frame_bytes(self._require_open().format, host.channels)
         silence_frame = pcm_format.silence(host.format, host.frame_bytes)
 
         def callback(in_data, frame_count, time_info, status):
@@ -166,10 +169,11 @@ class PyAudioBackend(PcmBackend):
                 want = frame_count * host.frame_bytes
                 data = ring.read(want)
                 if len(data) < want:
-                    stats.underrun += want - len(data)
-                    data += silence_frame * ((want - len(data)) // host.frame_bytes)
+                    missing = (want - len(data)) // host.frame_bytes
+                    stats.underrun += missing * stream_frame
+                    data += silence_frame * missing
                 return data, pyaudio.paContinue
-            stats.overflow += ring.write(in_data)
+            stats.overflow += ring.write(in_data) // host.frame_bytes * stream_frame
             return None, pyaudio.paContinue
 
         return callback
