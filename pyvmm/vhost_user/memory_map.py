@@ -87,7 +87,11 @@ class FrontendMemoryMap:
         if len(self._entries) >= self.max_regions:
             os.close(fd)
             raise RequestError(f"no free memory slot for {info} (limit {self.max_regions})")
-        region = self._map(info, fd)
+        try:
+            region = self._map(info, fd)
+        except BaseException:
+            os.close(fd)
+            raise
         try:
             self._install([*self._entries, (info, region)], retire=[])
         except BaseException:
@@ -105,14 +109,14 @@ class FrontendMemoryMap:
     def clear(self) -> None:
         self._install([], retire=[region for _, region in self._entries])
 
-    def _map(self, info: RegionInfo, fd: int) -> MemoryRegion:
+    @staticmethod
+    def _map(info: RegionInfo, fd: int) -> MemoryRegion:
+        """Map ``fd``; on success the region owns it, on failure the caller still does."""
         if info.size == 0:
-            os.close(fd)
             raise RequestError(f"empty memory region {info}")
         try:
             region = MemoryRegion.from_fd(info.guest_addr, info.size, fd, info.mmap_offset)
         except (OSError, ValueError, OverflowError) as exc:
-            os.close(fd)
             raise RequestError(f"cannot map memory region {info}: {exc}") from None
         log.debug("mapped %s", info)
         return region

@@ -14,6 +14,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vhost_frontend import EchoDevice, connect  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def no_unexpected_exceptions(caplog):
+    """Refused requests are logged as warnings; a traceback from the back end is always a bug."""
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    crashes = [r for r in records if r.name.startswith("pyvmm.vhost_user") and r.exc_info]
+    assert not crashes, "back end raised:\n" + "\n".join(caplog.text.splitlines()[-40:])
+
+
 @pytest.fixture
 def events():
     loop = DeviceEventLoop("vhost-user-test").start()

@@ -11,7 +11,7 @@ import pytest
 from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.backend import PROTOCOL_FEATURES
 from pyvmm.virtio import constants as vc
-from pyvmm.virtio.testing import ECHO_CONFIG, ECHO_CONFIG_MAGIC
+from pyvmm.virtio.testing import ECHO_CONFIG, ECHO_CONFIG_MAGIC, GuestAllocator
 
 from vhost_frontend import ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, start_device, wait_for
 
@@ -167,6 +167,39 @@ def test_mem_table_change_while_running(frontend, device):
     frontend.kick(0)
     assert eventfd_fired(frontend.call_fds[0])
     assert ring.collect()[0].written == b"ABC"
+
+
+def test_regions_with_fd_offsets_and_a_hole(frontend, device):
+    """QEMU's layout: RAM below 0xf0000 and from 1 MiB up, both from one memfd at their own offsets."""
+    frontend.negotiate()
+    assert frontend.set_mem_table([(0, 0xF0000), (0x100000, 0x100000)]) == 0
+    frontend.alloc = GuestAllocator(frontend.memory, 0x100000, 0x100000)  # rings and buffers above 1 MiB
+    for index, size in enumerate(device.queue_max_sizes):
+        frontend.setup_ring(index, size)
+    assert wait_for(lambda: device.ctx is not None)
+    assert [(r.guest_addr, r.size) for r in device.ctx.memory.regions] == [(0, 0xF0000), (0x100000, 0x100000)]
+    ring = frontend.rings[0]
+    ring.add([b"offset"], [6])
+    frontend.kick(0)
+    assert eventfd_fired(frontend.call_fds[0])
+    assert ring.collect()[0].written == b"OFFSET"
+
+
+def test_memory_slot_limit(frontend):
+    frontend.negotiate()
+    fds = []
+    try:
+        for slot in range(m.MAX_MEM_SLOTS + 1):
+            fd = os.memfd_create("slot")
+            fds.append(fd)
+            os.ftruncate(fd, 4096)
+            gpa = slot * 0x10000
+            region = bytes(m.SingleMemoryRegion(0, m.MemoryRegionDesc(gpa, 4096, gpa + USER_OFFSET, 0)))
+            status = frontend.acked(m.FrontendRequest.ADD_MEM_REG, region, [fd])
+            assert (status == 0) == (slot < m.MAX_MEM_SLOTS), slot
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_config_change_goes_through_the_backend_channel(frontend, device, events):

@@ -79,6 +79,15 @@ def test_unusable_fds_are_refused(frontend, tmp_path):
     assert still_serving(frontend)
 
 
+def test_table_with_an_unmappable_region(frontend):
+    """The first region maps, the second lies past the end of the fd: all of it is refused."""
+    frontend.negotiate()
+    size = frontend.region.size
+    assert frontend.set_mem_table([(0, size // 2), (size // 2, size)]) != 0
+    assert still_serving(frontend)
+    assert frontend.set_mem_table() == 0  # a good table still works afterwards
+
+
 def test_overlapping_regions_are_refused(frontend):
     frontend.negotiate()
     desc = frontend.region_desc()

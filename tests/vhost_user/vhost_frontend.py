@@ -41,7 +41,7 @@ def eventfd_fired(fd: int, timeout: float = 5.0) -> bool:
 class FrontEnd:
     """Sends vhost-user requests the way QEMU does and reads the replies."""
 
-    def __init__(self, sock: socket.socket, ram_size: int = 1 << 20, ram_base: int = 0):
+    def __init__(self, sock: socket.socket, ram_size: int = 2 << 20, ram_base: int = 0):
         self.conn = Connection(sock, timeout=5.0)
         self.region = MemoryRegion.create(ram_base, ram_size, "vhost-test-ram")
         self.memory = GuestMemory([self.region])
@@ -103,13 +103,18 @@ class FrontEnd:
         assert self.acked(m.FrontendRequest.SET_FEATURES, m.U64(acked)) == 0
         return acked
 
-    def region_desc(self) -> m.MemoryRegionDesc:
-        return m.MemoryRegionDesc(self.region.guest_addr, self.region.size,
-                                  self.region.guest_addr + USER_OFFSET, 0)
+    def region_desc(self, start: int = 0, size: int | None = None) -> m.MemoryRegionDesc:
+        """A region covering ``[start, start+size)`` of our RAM memfd (its fd offset is ``start``)."""
+        size = self.region.size - start if size is None else size
+        gpa = self.region.guest_addr + start
+        return m.MemoryRegionDesc(gpa, size, gpa + USER_OFFSET, start)
 
-    def set_mem_table(self) -> int:
-        table = bytes(m.MemoryTableHeader(1, 0)) + bytes(self.region_desc())
-        return self.acked(m.FrontendRequest.SET_MEM_TABLE, table, [self.region.fd])
+    def set_mem_table(self, pieces: list[tuple[int, int]] | None = None) -> int:
+        """SET_MEM_TABLE with one region per ``(start, size)`` piece of RAM (default: all of it),
+        each carrying its own copy of the memfd, as QEMU sends them."""
+        descs = [self.region_desc(start, size) for start, size in pieces] if pieces else [self.region_desc()]
+        table = bytes(m.MemoryTableHeader(len(descs), 0)) + b"".join(bytes(d) for d in descs)
+        return self.acked(m.FrontendRequest.SET_MEM_TABLE, table, [self.region.fd] * len(descs))
 
     def setup_ring(self, index: int, size: int, event_idx: bool = False, enable: bool = True) -> DriverQueue:
         ring = DriverQueue(self.memory, self.alloc, size, event_idx)
