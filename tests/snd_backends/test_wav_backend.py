@@ -370,3 +370,14 @@ def test_riff_size_limit_rolls_over_to_next_file(tmp_path, monkeypatch):
     assert [parse_wav(f)["data"] for f in sink.files] == [periods[0] + periods[1], periods[2] + periods[3],
                                                           periods[4]]
     assert sink.files == [path, tmp_path / "long-1.wav", tmp_path / "long-2.wav"]
+
+
+def test_source_accepts_streaming_headers_and_extra_chunks(tmp_path):
+    """arecord writing to a pipe leaves data size 0xFFFFFFFF; other tools add LIST chunks."""
+    raw = random_frames(PcmFormat.S16, 2, 300, seed=4)
+    fmt_body = struct.pack("<HHIIHH", 1, 2, RATE, RATE * 4, 4, 16)
+    blob = (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_body
+            + b"LIST" + struct.pack("<I", 5) + b"INFOx\0" + b"data" + struct.pack("<I", 0xFFFFFFFF) + raw + b"\1\2")
+    (tmp_path / "stream.wav").write_bytes(blob)
+    got, _ = capture({"input": str(tmp_path / "stream.wav")}, params(PcmFormat.S16, 2, direction=Direction.INPUT), 1)
+    assert got[0] == raw + bytes(1920 - len(raw))  # whole frames present, then silence
