@@ -257,3 +257,45 @@ def test_real_loop_deadlines_are_absolute():
     # every tick was delivered at or after its deadline, none skipped
     assert all(t >= t0 + n * period - 1e-3 for n, t in deliveries)
     assert clock.stats.ticks == 20 and clock.stats.late_ticks > 0
+
+
+def test_max_catchup_rebases_after_a_long_stall_and_counts_skips():
+    loop, ticks = FakeLoop(), []
+    period = 0.010
+
+    def stall(n):
+        ticks.append((n, loop.now))
+        if n == 3:
+            loop.now += 0.0555  # 5.55 periods: deadlines of ticks 4..8 pass
+
+    clock = RealTimeClock(loop, period, stall, max_catchup=2)
+    clock.start()
+    t0 = loop.now
+    loop.advance_to(t0 + 0.2)
+    # tick 4 is delivered (late by 45.5 ms), then the clock re-bases instead of bursting 5..8
+    assert ticks[3] == (4, pytest.approx(t0 + 0.0855))
+    assert ticks[4] == (5, pytest.approx(t0 + 0.0955))
+    assert clock.stats.resyncs == 1 and clock.stats.skipped_ticks == 4
+    # after the re-base the deadlines are absolute again, from the new epoch
+    new_t0 = clock.t0
+    assert new_t0 == pytest.approx(t0 + 0.0455)
+    assert [t for _, t in ticks[4:]] == [pytest.approx(new_t0 + n * period) for n in range(5, len(ticks) + 1)]
+
+
+def test_max_catchup_tolerates_small_lateness():
+    loop = FakeLoop()
+    clock = RealTimeClock(loop, 0.010, lambda n: n == 2 and setattr(loop, "now", loop.now + 0.015), max_catchup=2)
+    clock.start()
+    t0 = loop.now
+    loop.advance_to(t0 + 0.1)
+    assert clock.stats.resyncs == 0 and clock.tick == 10  # tick 3 was 5 ms late: within the burst budget
+    assert loop.scheduled[-1] == t0 + 11 * 0.010
+
+
+def test_unbounded_catchup_is_the_default():
+    loop = FakeLoop()
+    clock = RealTimeClock(loop, 0.010, lambda n: n == 1 and setattr(loop, "now", loop.now + 0.5))
+    clock.start()
+    t0 = loop.now
+    loop.advance_to(t0 + 0.5105)
+    assert clock.tick == 51 and clock.stats.skipped_ticks == 0 and clock.stats.late_ticks >= 48

@@ -9,7 +9,13 @@ after :meth:`~RealTimeClock.start` (the first period has then been played/record
 A tick that fires after its deadline (the loop was busy) is still delivered, immediately,
 and counted in :attr:`ClockStats.late_ticks`; ticks whose deadlines passed while the loop
 was stalled are delivered back to back, none is skipped (the guest's audio position stays
-right; it just arrives in a burst).
+right; it just arrives in a burst). A burst can be too much for the guest: the Linux
+driver advances its hardware pointer one period per completion, so a buffer's worth of
+completions at once wraps it back where it was and ALSA sees no progress. With
+``max_catchup=K`` a tick more than K periods late is still delivered, but then the clock
+re-bases (``t0`` moves so the next tick is one period away) and the periods it will not
+deliver are counted in :attr:`ClockStats.skipped_ticks` and logged; the data plane should
+pass K below its stream's periods per buffer.
 
 Run semantics, matching the stream commands:
 
@@ -55,6 +61,9 @@ class ClockStats:
     ticks: int = 0
     late_ticks: int = 0
     """Ticks delivered more than the clock's ``late_threshold`` after their deadline."""
+    resyncs: int = 0
+    skipped_ticks: int = 0
+    """Periods not delivered because a ``max_catchup`` re-base dropped them."""
     max_lateness_ns: int = 0
     lateness_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
     intervals_ns: deque[int] = field(default_factory=lambda: deque(maxlen=LATENESS_HISTORY))
@@ -88,6 +97,7 @@ class ClockStats:
         return {
             "ticks": float(self.ticks),
             "late_ticks": float(self.late_ticks),
+            "skipped_ticks": float(self.skipped_ticks),
             "mean_period_error_us": float(intervals.mean() - self.period_ns / 1e3) if len(intervals) else nan,
             "mean_lateness_us": float(late.mean()) if len(late) else nan,
             "p50_lateness_us": float(np.percentile(late, 50)) if len(late) else nan,
@@ -100,9 +110,14 @@ class RealTimeClock:
     """Period ticks on absolute deadlines; see the module docstring for run semantics."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, period: float, callback: TickCallback,
-                 late_threshold: float | None = None, name: str = "clock"):
+                 late_threshold: float | None = None, name: str = "clock", max_catchup: int | None = None):
+        """``late_threshold`` (seconds, default a quarter period) decides what counts as late;
+        ``max_catchup`` (periods, default unlimited) bounds a catch-up burst, see the module doc."""
         if not period > 0:
             raise ValueError(f"{name}: period must be positive, got {period!r}")
+        if max_catchup is not None and max_catchup < 0:
+            raise ValueError(f"{name}: max_catchup must be >= 0, got {max_catchup!r}")
+        self.max_catchup = max_catchup
         self.loop = loop
         self.period = float(period)
         self.callback = callback
@@ -177,6 +192,13 @@ class RealTimeClock:
         self.stats.record(deadline, now, self.late_threshold)
         if now - deadline > self.late_threshold:
             log.debug("%s: tick %d late by %.1f ms", self.name, self.tick, (now - deadline) * 1e3)
+        if self.max_catchup is not None and now - deadline > self.max_catchup * self.period:
+            skipped = int((now - deadline) / self.period)
+            self.t0 = now - self.tick * self.period
+            self.stats.resyncs += 1
+            self.stats.skipped_ticks += skipped
+            log.info("%s: %.1f ms behind, skipping %d periods instead of a burst",
+                     self.name, (now - deadline) * 1e3, skipped)
         # Schedule first: the callback may stop or pause the clock, which cancels this.
         self._schedule()
         self.callback(self.tick)
