@@ -34,8 +34,8 @@ from pyvmm.bus import Bus
 from pyvmm.errors import GuestMemoryError
 from pyvmm.kvm.constants import KVM_EXIT_IO_OUT, ExitReason, SystemEvent
 from pyvmm.kvm.exits import VcpuExit
-from pyvmm.kvm.ioctls import KvmError
-from pyvmm.kvm.structs import KVM_RUN_EXIT_OFFSET
+from pyvmm.kvm.ioctls import KvmError, raw_ioctl
+from pyvmm.kvm.structs import KVM_RUN_EXIT_OFFSET, kvm_run
 from pyvmm.kvm.vcpu_fd import VcpuFd
 from pyvmm.log import TRACE
 
@@ -46,6 +46,8 @@ KICK_SIGNAL = signal.SIGUSR1
 _IO_EXIT = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO_EXIT = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA_OFFSET = KVM_RUN_EXIT_OFFSET + 8
+_EXIT_REASON = struct.Struct("<I")
+_EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
 _MAX_REASON = 64
 
 
@@ -251,8 +253,10 @@ class Vcpu:
             self.on_stop(self, result)
 
     def _loop(self) -> VcpuStop:
-        run = self.fd.run
-        page = self.fd.run_page
+        fd = self.fd
+        page = fd.run_page
+        ioctl, run_args = raw_ioctl, fd.run_args
+        unpack_reason = _EXIT_REASON.unpack_from
         counts = self._counts
         pio_read, pio_write = self.pio_bus.read, self.pio_bus.write
         mmio_read, mmio_write = self.mmio_bus.read, self.mmio_bus.write
@@ -261,7 +265,10 @@ class Vcpu:
         IO, MMIO, INTR = ExitReason.IO.value, ExitReason.MMIO.value, ExitReason.INTR.value
 
         while not self._stop_requested:
-            reason = run()
+            if ioctl(*run_args) < 0:
+                reason = fd.run_failed()  # INTR when interrupted, else raises KvmError
+            else:
+                reason = unpack_reason(page, _EXIT_REASON_OFFSET)[0]
             if reason < _MAX_REASON:
                 counts[reason] += 1
             if trace:

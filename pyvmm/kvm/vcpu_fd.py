@@ -37,7 +37,8 @@ class VcpuFd:
         self._map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_page = memoryview(self._map)
         self.run_struct = s.kvm_run.from_buffer(self._map)
-        self._run_args = (fd, ctypes.c_ulong(io.KVM_RUN), ctypes.c_ulong(0))
+        self.run_args = (fd, ctypes.c_ulong(io.KVM_RUN), ctypes.c_ulong(0))
+        """``raw_ioctl(*run_args)`` is KVM_RUN without the wrapper (a hot loop then calls ``run_failed``)."""
 
     def close(self) -> None:
         if self.fd < 0:
@@ -58,12 +59,16 @@ class VcpuFd:
 
         A signal or ``immediate_exit`` makes it return ``ExitReason.INTR`` instead of raising.
         """
-        if raw_ioctl(*self._run_args) < 0:
-            err = ctypes.get_errno()
-            if err in _RUN_INTERRUPTED:
-                return ExitReason.INTR
-            raise KvmError(io.KVM_RUN, err, f"vcpu {self.id}")
+        if raw_ioctl(*self.run_args) < 0:
+            return self.run_failed()
         return self.run_struct.exit_reason
+
+    def run_failed(self) -> int:
+        """After KVM_RUN returned -1: ``ExitReason.INTR`` if a signal/immediate_exit interrupted it, else raise."""
+        err = ctypes.get_errno()
+        if err in _RUN_INTERRUPTED:
+            return ExitReason.INTR
+        raise KvmError(io.KVM_RUN, err, f"vcpu {self.id}")
 
     @property
     def immediate_exit(self) -> bool:
