@@ -207,7 +207,7 @@ class Vcpu:
     def stop(self, timeout: float | None = 5.0) -> VcpuStop | None:
         """Request a stop and join the thread; returns the stop reason."""
         self.request_stop()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise RuntimeError(f"vcpu{self.id} did not stop within {timeout} s")

@@ -9,6 +9,11 @@ exit, put the value with ``complete_io_in`` / ``complete_mmio_read`` before the 
 Register state can be passed as the kernel structs or as plain values: ``set_regs`` and
 ``set_sregs`` accept any object/dict with the kernel's field names; CPUID as
 ``(function, index, flags, eax, ebx, ecx, edx)`` entries; MSRs as ``(index, value)`` pairs.
+
+Threads: every vCPU ioctl takes the kernel's per-vCPU mutex, which ``KVM_RUN`` holds while
+the guest runs. Calling ``get_regs()`` & co. from another thread while the vCPU runs blocks
+(uninterruptibly) until that ``KVM_RUN`` returns: stop the vCPU first, or do it on its thread.
+Only ``immediate_exit`` (a plain store to the shared page) is safe from any thread.
 """
 
 from __future__ import annotations

@@ -113,6 +113,12 @@ class VmFd:
         datamatch needs a non-zero length). With ``datamatch`` only writes of that value match.
         Pass the same arguments with ``deassign=True`` to remove it.
         """
+        if length not in (0, 1, 2, 4, 8):
+            raise ValueError(f"ioeventfd length must be 0, 1, 2, 4 or 8, not {length}")
+        if datamatch is not None and length == 0:
+            raise ValueError("an ioeventfd with datamatch needs a length of 1, 2, 4 or 8")
+        if pio and length == 0:
+            raise ValueError("a PIO ioeventfd needs a length of 1, 2 or 4")
         flags = 0
         if datamatch is not None:
             flags |= KVM_IOEVENTFD_FLAG_DATAMATCH

@@ -7,7 +7,7 @@ import pytest
 
 from pyvmm.kvm import Cap, ExitReason, InternalError
 from pyvmm.kvm.constants import KVM_MEM_READONLY
-from tinyguest import CODE, DATA, MMIO_BASE, Recorder, TinyVm, kvm_test, u16, u32, u64
+from tinyguest import CODE, MMIO_BASE, Recorder, TinyVm, kvm_test, u16, u32, u64
 
 pytestmark = kvm_test
 

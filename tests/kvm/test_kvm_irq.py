@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import time
 
 import pytest
@@ -83,10 +82,6 @@ def test_interrupt_via_irq_line_reaches_guest_handler():
             t.vm.irq_line(IRQ, False)
 
         assert _run_with(t, pulse) == [1, 2, 3]
-
-
-def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
 
 
 def test_ioeventfd_mmio_and_pio_signal_without_exit():

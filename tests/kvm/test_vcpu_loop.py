@@ -8,7 +8,7 @@ import time
 
 from pyvmm.kvm.constants import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP
 from pyvmm.vcpu import StopKind, Vcpu
-from tinyguest import CODE, DATA, MMIO_BASE, Recorder, TinyVm, kvm_test, u64
+from tinyguest import CODE, MMIO_BASE, Recorder, TinyVm, kvm_test, u64
 
 pytestmark = kvm_test
 

@@ -18,7 +18,6 @@ import os
 import signal
 import struct
 import threading
-import time
 
 import pytest
 
@@ -218,11 +217,3 @@ class TinyVm:
             if expired.is_set():
                 vcpu.immediate_exit = False
 
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
