@@ -47,7 +47,9 @@ def run_scenario(tmp_path, body: str, infile: bytes = b"") -> dict:
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["_stderr"] = proc.stderr
+    return result
 
 
 PLAYBACK = """
@@ -151,7 +153,9 @@ print(json.dumps({"messages": out}))
 
 
 def test_device_selection_errors(tmp_path):
-    messages = run_scenario(tmp_path, ERRORS)["messages"]
+    result = run_scenario(tmp_path, ERRORS)
+    assert "ALSA lib" not in result["_stderr"], "host API probing noise goes to the DEBUG log, not stderr"
+    messages = result["messages"]
     assert "no output device matches device='no-such-card'" in messages[0] and "0: default" in messages[0]
     assert "no output device matches device='99'" in messages[1]
     assert "buffer_ms=0 is outside" in messages[2]

@@ -19,7 +19,11 @@ thread, so closing never holds the event loop.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import threading
 import time
 
@@ -66,9 +70,30 @@ def portaudio():
             except ImportError as exc:
                 raise VmmError(f"virtio-snd backend pyaudio: cannot import pyaudio ({exc}); "
                                "install it with 'pip install pyaudio' (needs libportaudio2)") from None
-            _portaudio = pyaudio.PyAudio()
+            with _stderr_to_debug_log():
+                _portaudio = pyaudio.PyAudio()
             atexit.register(_portaudio.terminate)
         return _portaudio
+
+
+@contextlib.contextmanager
+def _stderr_to_debug_log():
+    """Probing host APIs makes ALSA and JACK print dozens of lines ("Unknown PCM cards.pcm.hdmi",
+    "jack server is not running") straight to file descriptor 2; keep them for DEBUG logs
+    instead of the user's terminal. Only used at start-up, before any vCPU runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+    if text:
+        log.debug("PortAudio initialisation said:\n%s", text)
 
 
 def list_devices() -> list[dict]:
