@@ -199,3 +199,19 @@ def test_every_supported_format_has_a_wav_storage_and_a_portaudio_format():
         assert layout.valid_bits <= layout.container_bits
         assert HOST_FORMAT[fmt] in (PcmFormat.S8, PcmFormat.U8, PcmFormat.S16, PcmFormat.S24_3, PcmFormat.S32,
                                     PcmFormat.FLOAT)
+
+
+def test_device_options_reach_create_backend(tmp_path):
+    """``--device virtio-snd,backend=wav,backend.path=...``: the topology strips the prefix and
+    one back end per stream is created from it (what the data plane does at start-up)."""
+    from pyvmm_snd.topology import from_options
+
+    topology = from_options({"playback": "2", "capture": "1", "backend": "wav",
+                             "backend.path": str(tmp_path / "play-{stream}.wav"), "backend.loop": "on"})
+    backends = [create_backend(topology.backend, topology.backend_options, stream.direction, stream_id)
+                for stream_id, stream in enumerate(topology.streams)]
+    assert [type(b).__name__ for b in backends] == ["WavSink", "WavSink", "WavSource"]
+    assert backends[2].loop is True
+    bad = from_options({"backend": "wav", "backend.paht": "x.wav"})
+    with pytest.raises(VmmError, match="unknown option 'paht'"):
+        create_backend(bad.backend, bad.backend_options, Direction.OUTPUT, 0)
