@@ -1,4 +1,4 @@
-"""Linear PCM sample formats of virtio-snd as numpy arrays: decode, encode, convert, gain.
+"""PCM sample formats of virtio-snd as numpy arrays: decode, encode, convert, gain.
 
 Every linear format of the spec is supported (signed/unsigned integers of 8-32 bits in
 1-, 2-, 3- or 4-byte little-endian containers, FLOAT and FLOAT64). Integers are
