@@ -44,13 +44,44 @@ def test_dispatch_to_buses_counts_exits_and_stops_on_hlt():
         assert vcpu.exit_counts == {"IO": 102, "MMIO": 2, "HLT": 1}
 
 
+def test_string_io_rep_outsb_and_insb():
+    class Counter:
+        def __init__(self):
+            self.n, self.out = 0, []
+
+        def read(self, offset, size):
+            self.n += 1
+            return bytes([self.n])
+
+        def write(self, offset, data):
+            self.out.append(data)
+
+    with TinyVm() as t:
+        dev = Counter()
+        t.pio.insert(dev, 0x10, 1)
+        t.memory.write(0x3000, b"WXYZ")
+        t.load(CODE, bytes.fromhex(
+            "be0030 b90400 ba1000 f36e"   # mov si, 0x3000; mov cx, 4; mov dx, 0x10; rep outsb
+            "bf0031 b90500 f36c"          # mov di, 0x3100; mov cx, 5; rep insb
+            "f4"))
+        t.real_mode(t.vcpus[0])
+        vcpu = Vcpu(t.vcpus[0], t.pio, t.mmio)
+        vcpu.start()
+        assert vcpu.wait(timeout=20).kind == StopKind.HALT
+        assert b"".join(dev.out) == b"WXYZ"
+        assert t.memory.read(0x3100, 5) == bytes([1, 2, 3, 4, 5])
+
+
 def test_stop_from_another_thread_while_guest_spins():
     with TinyVm() as t:
         t.load(CODE, bytes.fromhex("ebfe"))  # jmp $
         t.long_mode(t.vcpus[0])
         vcpu = Vcpu(t.vcpus[0], t.pio, t.mmio)
         vcpu.start()
-        time.sleep(0.2)
+        spins, deadline = 0, time.monotonic() + 0.2
+        while time.monotonic() < deadline:  # this thread runs: KVM_RUN released the GIL
+            spins += 1
+        assert spins > 0
         assert vcpu.running and vcpu.result is None
         stopper = threading.Thread(target=vcpu.request_stop)
         stopper.start()
