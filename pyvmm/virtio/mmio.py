@@ -75,10 +75,17 @@ class MmioTransport:
         self._transition_lock = threading.Lock()
         self._eventfds: list[int] = []
         self._guest_errors = 0
+        self.kicks = [0] * len(self.queues)
+        """Notifications delivered to the device, per queue (register writes and ioeventfds)."""
+        self.interrupts = 0
+        """Interrupts raised (used-buffer and configuration)."""
         self.config_generation = 0
         self._reset_registers()
         self._active = False  # loop thread only
         self._kicked_early: set[int] = set()  # loop thread only
+
+    def __repr__(self) -> str:
+        return f"MmioTransport({self.name}, status={self.status:#x}, features={self.driver_features:#x})"
 
     def _reset_registers(self) -> None:
         self.status = 0
@@ -375,6 +382,7 @@ class MmioTransport:
             if self.status & Status.DRIVER:
                 self._kicked_early.add(index)
             return
+        self.kicks[index] += 1
         try:
             self.device.queue_notify(index)
         except Exception:
@@ -385,6 +393,7 @@ class MmioTransport:
     def _raise(self, bits: int) -> None:
         with self._lock:
             self.interrupt_status |= bits
+            self.interrupts += 1
         self.interrupt.trigger()
 
     def _signal_used(self, index: int) -> None:

@@ -4,17 +4,15 @@ Every value the driver wrote is distrusted. What happens to bad input:
 
 * Ring layout (size, addresses, alignment, RAM) is checked by :meth:`SplitQueue.enable`,
   which raises :class:`InvalidQueueError`; the transport logs it and refuses the queue.
-* A *malformed chain* (bad descriptor: index out of range, loop, readable after writable,
-  bad indirect table, buffer outside RAM, length overflow, indirect not negotiated) is
-  logged as one WARNING line naming the queue and head, returned to the used ring with
-  length 0 (so the driver gets its descriptors back and sees an empty answer) and skipped:
-  :meth:`pop` carries on with the next chain. The device never sees it.
+* A *malformed chain* (any rule of :mod:`pyvmm.virtio.descriptors` broken: index out of
+  range, loop, readable after writable, bad indirect table, buffer outside RAM, length
+  overflow, indirect not negotiated) is logged as one WARNING line naming the queue and
+  head, returned to the used ring with length 0 (so the driver gets its descriptors back
+  and sees an empty answer) and skipped: :meth:`pop` carries on with the next chain. The
+  device never sees it.
 * A *broken ring* (avail idx more than the queue size ahead, a head index >= size) cannot be
   answered through the ring: the queue stops (``broken``) and calls ``request_reset`` so the
   transport sets DEVICE_NEEDS_RESET.
-* Zero-length descriptors are accepted and ignored (the spec does not forbid them; Linux does
-  not create them).
-* A chain may have at most ``size`` descriptors (spec 2.7.5.3.1), indirect ones included.
 
 Memory ordering (x86-64, TSO): ring index fields are read and written through aligned numpy
 uint16/uint32 views, i.e. single loads/stores that cannot tear. The avail idx is read before
@@ -27,7 +25,6 @@ used_event) go through :func:`full_barrier`.
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from typing import Callable
 
@@ -37,17 +34,15 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import constants as C
 from pyvmm.virtio.chain import ChainReader, ChainWriter, DescriptorChain, ShortChainError
+from pyvmm.virtio.descriptors import ChainError, guest_views, parse_chain
 
 __all__ = [
     "SplitQueue", "DescriptorChain", "ChainReader", "ChainWriter", "ShortChainError",
-    "InvalidQueueError", "ChainError", "full_barrier", "need_event",
+    "InvalidQueueError", "ChainError", "full_barrier", "need_event", "guest_views",
 ]
 
 log = logging.getLogger(__name__)
 
-_DESC = struct.Struct("<QIHH")
-_U64 = 1 << 64
-_MAX_CHAIN_BYTES = (1 << 32) - 1
 _WARNINGS_PER_QUEUE = 20
 TRACE = 5
 
@@ -69,31 +64,8 @@ class InvalidQueueError(ValueError):
     """The driver configured a queue the device cannot use (size, alignment, address)."""
 
 
-class ChainError(ValueError):
-    """A malformed descriptor chain (internal to :meth:`SplitQueue.pop`)."""
-
-
 class _BrokenRing(Exception):
     pass
-
-
-def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]:
-    """Zero-copy views of ``[addr, addr+length)``, one per memory region it crosses."""
-    if addr + length > _U64:
-        raise GuestMemoryError(f"guest buffer {addr:#x}+{length:#x} overflows 64 bits")
-    views = []
-    end = addr + length
-    while addr < end:
-        for region in memory.regions:
-            if region.guest_addr <= addr < region.end:
-                n = min(end, region.end) - addr
-                off = addr - region.guest_addr
-                views.append(region.array[off:off + n])
-                addr += n
-                break
-        else:
-            raise GuestMemoryError(f"guest buffer {addr:#x}..{end:#x} is outside guest RAM")
-    return views
 
 
 class SplitQueue:
@@ -253,7 +225,7 @@ class SplitQueue:
             if self.event_idx:
                 self.set_avail_event(self.next_avail)
             try:
-                chain = self._parse_chain(head)
+                chain = parse_chain(self.memory, self._desc, self.size, head, self.indirect, self.epoch)
             except ChainError as e:
                 self._warn(f"chain head {head}: {e}; returned to the driver with length 0")
                 self._put_used(head, 0)
@@ -282,74 +254,6 @@ class SplitQueue:
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return head
 
-    def _parse_chain(self, head: int) -> DescriptorChain:
-        readable: list[np.ndarray] = []
-        writable: list[np.ndarray] = []
-        descriptors: list[tuple[int, int, int]] = []
-        totals = [0, 0]
-        budget = self.size
-        table = self._desc
-        table_len = self.size
-        index = head
-        visited: set[int] = set()
-        in_indirect = False
-        seen_writable = False
-        where = "descriptor"
-        while True:
-            if index in visited:
-                raise ChainError(f"{where} {index} visited twice (loop)")
-            visited.add(index)
-            budget -= 1
-            if budget < 0:
-                raise ChainError(f"chain longer than the queue size {self.size}")
-            addr, length, flags, nxt = _DESC.unpack_from(table, index * C.DESC_SIZE)
-            if flags & C.VIRTQ_DESC_F_INDIRECT:
-                if in_indirect:
-                    raise ChainError(f"{where} {index} is a nested indirect descriptor")
-                if not self.indirect:
-                    raise ChainError(f"{where} {index} is indirect but RING_INDIRECT_DESC was not negotiated")
-                if flags & C.VIRTQ_DESC_F_NEXT:
-                    raise ChainError(f"indirect descriptor {index} also has the NEXT flag")
-                if length == 0 or length % C.DESC_SIZE:
-                    raise ChainError(f"indirect table length {length} is not a non-zero multiple of 16")
-                table_len = length // C.DESC_SIZE
-                if table_len > budget + 1:
-                    raise ChainError(f"indirect table of {table_len} descriptors makes the chain longer "
-                                     f"than the queue size {self.size}")
-                try:
-                    table = self.memory.read(addr, length) if addr + length <= _U64 else None
-                except GuestMemoryError:
-                    table = None
-                if table is None:
-                    raise ChainError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
-                budget += 1  # the indirect descriptor itself carries no buffer
-                in_indirect = True
-                where = "indirect descriptor"
-                visited = set()
-                index = 0
-                continue
-            writable_desc = bool(flags & C.VIRTQ_DESC_F_WRITE)
-            if writable_desc:
-                seen_writable = True
-            elif seen_writable:
-                raise ChainError(f"readable {where} {index} follows a writable one")
-            if length:
-                try:
-                    views = guest_views(self.memory, addr, length)
-                except GuestMemoryError as e:
-                    raise ChainError(f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
-                totals[writable_desc] += length
-                if totals[writable_desc] > _MAX_CHAIN_BYTES:
-                    raise ChainError("total buffer length exceeds 2^32-1 bytes")
-                (writable if writable_desc else readable).extend(views)
-                descriptors.append((addr, length, flags))
-            if not flags & C.VIRTQ_DESC_F_NEXT:
-                break
-            if nxt >= table_len:
-                raise ChainError(f"{where} {index}: next index {nxt} >= "
-                                 f"{'table length' if in_indirect else 'queue size'} {table_len}")
-            index = nxt
-        return DescriptorChain(head, readable, writable, descriptors, self.epoch)
 
     def _break(self, reason: str) -> None:
         self.broken = True

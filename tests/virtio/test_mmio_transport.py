@@ -262,6 +262,7 @@ def test_ioeventfd_notifications(make, irq):
     assert irq.wait(5)
     assert [(e.id, e.written) for e in dq.collect()] == [(head, b"VIA EVENTFD")]
     assert dev.events[-1] == "notify 1"
+    assert t.kicks == [0, 1] and t.interrupts == 1
 
 
 class TimerDevice(EchoDevice):

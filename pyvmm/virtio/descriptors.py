@@ -1,0 +1,127 @@
+"""Walking and validating a descriptor chain (virtio spec 2.7.5 and 2.7.5.3).
+
+Descriptors are copied out of guest memory once (``struct.unpack_from``), checked, and turned
+into zero-copy views of the buffers they describe, so a driver rewriting its descriptors
+afterwards cannot change what the device was given. Rules enforced:
+
+* every ``next`` index is inside the table (queue size, or indirect table length);
+* no descriptor is visited twice, and the chain has at most ``queue_size`` descriptors
+  (spec 2.7.5.3.1: indirect descriptors count, the one pointing to the table does not);
+* device-readable descriptors come before device-writable ones;
+* an indirect descriptor is allowed only when RING_INDIRECT_DESC was negotiated, has no
+  NEXT flag, is not inside an indirect table, and its length is a non-zero multiple of 16;
+  it may follow direct descriptors (spec 2.7.5.3.2); its WRITE flag is ignored;
+* every buffer lies in guest RAM, without 64-bit overflow; each direction totals < 2^32;
+* zero-length buffers are accepted and contribute nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from pyvmm.errors import GuestMemoryError
+from pyvmm.memory import GuestMemory
+from pyvmm.virtio import constants as C
+from pyvmm.virtio.chain import DescriptorChain
+
+_DESC = struct.Struct("<QIHH")
+_U64 = 1 << 64
+_MAX_CHAIN_BYTES = (1 << 32) - 1
+
+
+class ChainError(ValueError):
+    """A malformed descriptor chain (:meth:`SplitQueue.pop` logs it and returns the chain unused)."""
+
+
+def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]:
+    """Zero-copy views of ``[addr, addr+length)``, one per memory region it crosses."""
+    if addr + length > _U64:
+        raise GuestMemoryError(f"guest buffer {addr:#x}+{length:#x} overflows 64 bits")
+    views = []
+    end = addr + length
+    while addr < end:
+        for region in memory.regions:
+            if region.guest_addr <= addr < region.end:
+                n = min(end, region.end) - addr
+                off = addr - region.guest_addr
+                views.append(region.array[off:off + n])
+                addr += n
+                break
+        else:
+            raise GuestMemoryError(f"guest buffer {addr:#x}..{end:#x} is outside guest RAM")
+    return views
+
+
+def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, head: int,
+                indirect_ok: bool, epoch: int = 0) -> DescriptorChain:
+    """Walk the chain starting at ``head`` and check every descriptor (see the module doc);
+    raises :class:`ChainError` naming the first problem."""
+    readable: list[np.ndarray] = []
+    writable: list[np.ndarray] = []
+    descriptors: list[tuple[int, int, int]] = []
+    totals = [0, 0]
+    budget = queue_size
+    table = desc_table
+    table_len = queue_size
+    index = head
+    visited: set[int] = set()
+    in_indirect = False
+    seen_writable = False
+    where = "descriptor"
+    while True:
+        if index in visited:
+            raise ChainError(f"{where} {index} visited twice (loop)")
+        visited.add(index)
+        budget -= 1
+        if budget < 0:
+            raise ChainError(f"chain longer than the queue size {queue_size}")
+        addr, length, flags, nxt = _DESC.unpack_from(table, index * C.DESC_SIZE)
+        if flags & C.VIRTQ_DESC_F_INDIRECT:
+            if in_indirect:
+                raise ChainError(f"{where} {index} is a nested indirect descriptor")
+            if not indirect_ok:
+                raise ChainError(f"{where} {index} is indirect but RING_INDIRECT_DESC was not negotiated")
+            if flags & C.VIRTQ_DESC_F_NEXT:
+                raise ChainError(f"indirect descriptor {index} also has the NEXT flag")
+            if length == 0 or length % C.DESC_SIZE:
+                raise ChainError(f"indirect table length {length} is not a non-zero multiple of 16")
+            table_len = length // C.DESC_SIZE
+            if table_len > budget + 1:
+                raise ChainError(f"indirect table of {table_len} descriptors makes the chain longer "
+                                 f"than the queue size {queue_size}")
+            try:
+                table = memory.read(addr, length) if addr + length <= _U64 else None
+            except GuestMemoryError:
+                table = None
+            if table is None:
+                raise ChainError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
+            budget += 1  # the indirect descriptor itself carries no buffer
+            in_indirect = True
+            where = "indirect descriptor"
+            visited = set()
+            index = 0
+            continue
+        writable_desc = bool(flags & C.VIRTQ_DESC_F_WRITE)
+        if writable_desc:
+            seen_writable = True
+        elif seen_writable:
+            raise ChainError(f"readable {where} {index} follows a writable one")
+        if length:
+            try:
+                views = guest_views(memory, addr, length)
+            except GuestMemoryError as e:
+                raise ChainError(f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
+            totals[writable_desc] += length
+            if totals[writable_desc] > _MAX_CHAIN_BYTES:
+                raise ChainError("total buffer length exceeds 2^32-1 bytes")
+            (writable if writable_desc else readable).extend(views)
+            descriptors.append((addr, length, flags))
+        if not flags & C.VIRTQ_DESC_F_NEXT:
+            break
+        if nxt >= table_len:
+            raise ChainError(f"{where} {index}: next index {nxt} >= "
+                             f"{'table length' if in_indirect else 'queue size'} {table_len}")
+        index = nxt
+    return DescriptorChain(head, readable, writable, descriptors, epoch)
