@@ -260,6 +260,8 @@ def fill(struct: ctypes.Structure, value) -> ctypes.Structure:
         current = getattr(struct, name)
         if isinstance(current, ctypes.Structure):
             fill(current, field_value)
+        elif isinstance(current, ctypes.Array):
+            current[:] = list(field_value)
         else:
             setattr(struct, name, field_value)
     return struct

@@ -88,3 +88,15 @@ def test_ioeventfd_argument_checks(kwargs):
     vm = VmFd(-1, kvm=None)
     with pytest.raises(ValueError):
         vm.ioeventfd(0, 0x1000, **kwargs)
+
+
+def test_fill_copies_plain_values_into_nested_structs_and_arrays():
+    from types import SimpleNamespace
+
+    sregs = s.fill(s.kvm_sregs(), {"cs": SimpleNamespace(selector=8, l=1), "gdt": {"base": 0x500, "limit": 31},
+                                  "efer": 0x500, "interrupt_bitmap": [1, 0, 0, 2]})
+    assert (sregs.cs.selector, sregs.cs.l, sregs.cs.base) == (8, 1, 0)
+    assert (sregs.gdt.base, sregs.gdt.limit, sregs.efer) == (0x500, 31, 0x500)
+    assert list(sregs.interrupt_bitmap) == [1, 0, 0, 2]
+    regs = s.fill(s.kvm_regs(rax=7), SimpleNamespace(rip=0x1000, unrelated=1))
+    assert (regs.rax, regs.rip) == (7, 0x1000)
