@@ -154,6 +154,8 @@ class SplitQueue:
         self._signalled_valid = False
         self.broken = False
         self.ready = True
+        if self.event_idx:
+            self.set_avail_event(self.next_avail)  # kick me for the first buffer (matters after takeover)
 
     def disable(self) -> None:
         self.ready = False
