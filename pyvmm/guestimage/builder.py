@@ -102,6 +102,11 @@ def _test_audio(recipe: Recipe) -> dict[str, bytes]:
             for clip in recipe.initramfs.get("test_audio", [])}
 
 
+def _busybox_links(recipe: Recipe) -> list[str] | None:
+    links = recipe.initramfs.get("busybox_links", "all")
+    return None if links == "all" else list(links)
+
+
 def _ensure_initramfs(recipe: Recipe, apt: PrivateApt, root: Path, force: bool,
                       progress: Progress) -> Path:
     packages = list(recipe.initramfs["packages"])
@@ -117,7 +122,8 @@ def _ensure_initramfs(recipe: Recipe, apt: PrivateApt, root: Path, force: bool,
             contents = build_initramfs(sysroot, recipe.initramfs_files(), recipe.initramfs["busybox"],
                                        list(recipe.initramfs["programs"]),
                                        list(recipe.initramfs["data"]), tmp / "initramfs.cpio",
-                                       generated=_test_audio(recipe))
+                                       generated=_test_audio(recipe),
+                                       busybox_links=_busybox_links(recipe))
             (tmp / "contents.json").write_text(json.dumps(
                 {"size": contents.size, "files": contents.files, "symlinks": contents.symlinks,
                  "packages": [f"{p.name} {p.version}" for p in closure]}, indent=2) + "\n")

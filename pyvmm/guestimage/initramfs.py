@@ -128,8 +128,12 @@ def shared_libraries(sysroot: Path, program: str) -> list[str]:
 
 def build_initramfs(sysroot: Path, recipe_files: dict[Path, str], busybox: str,
                     programs: list[str], data_globs: list[str], out: Path,
-                    generated: dict[str, bytes] | None = None) -> InitramfsContents:
-    """Write the archive to ``out`` and return what it holds."""
+                    generated: dict[str, bytes] | None = None,
+                    busybox_links: list[str] | None = None) -> InitramfsContents:
+    """Write the archive to ``out`` and return what it holds.
+
+    ``busybox_links``: the applet links to make (each must be an applet); None: all of them.
+    """
     sysroot = Path(sysroot)
     with open(out, "wb") as fileobj, CpioWriter(fileobj) as writer:
         asm = _Assembler(sysroot, writer)
@@ -143,7 +147,13 @@ def build_initramfs(sysroot: Path, recipe_files: dict[Path, str], busybox: str,
         writer.add_device(path, kind, major, minor, mode)
 
         asm.add_from_sysroot(busybox)
-        for applet in busybox_applets(sysroot, busybox):
+        applets = busybox_applets(sysroot, busybox)
+        if busybox_links is not None:
+            unknown = sorted(set(busybox_links) - set(applets))
+            if unknown:
+                raise SysrootError(f"initramfs: not busybox applets: {', '.join(unknown)}")
+            applets = [a for a in applets if a in busybox_links]
+        for applet in applets:
             if applet not in programs:
                 asm.add_symlink(applet, os.path.relpath(busybox, os.path.dirname(applet)))
 
