@@ -389,3 +389,19 @@ def test_queue_setup_before_features_ok_is_ignored(make, memory, allocator, capl
     drv.setup_queue(0, DriverQueue(memory, allocator, 8))
     assert drv.read32(R.QUEUE_READY) == 0 and t.queues[0].size == 16 and t.queues[0].desc_table == 0
     assert "before FEATURES_OK ignored" in caplog.text
+
+
+def test_linux_style_interrupt_handler(make, irq):
+    dev, t, drv = make()
+    drv.probe()
+    h0 = drv.queues[0].add_message(b"a", 1)
+    h1 = drv.queues[1].add_message(b"b", 1)
+    drv.kick(0)
+    drv.kick(1)
+    assert irq.wait_count(2, 5)
+    dev.ctx.signal_config()
+    assert irq.wait_count(3, 5)
+    used = drv.handle_interrupt()
+    assert {i: [(e.id, e.written) for e in v] for i, v in used.items()} == {0: [(h0, b"A")], 1: [(h1, b"B")]}
+    assert drv.config_changes == 1
+    assert drv.handle_interrupt() == {} and drv.config_changes == 1

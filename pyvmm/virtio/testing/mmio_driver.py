@@ -23,6 +23,7 @@ class MmioDriver:
         self.alloc = allocator
         self.features = 0
         self.queues: list[DriverQueue] = []
+        self.config_changes = 0
 
     def read32(self, reg: int) -> int:
         return int.from_bytes(self.transport.read(reg, 4), "little")
@@ -112,6 +113,21 @@ class MmioDriver:
         status = self.read32(C.MmioReg.INTERRUPT_STATUS)
         self.write32(C.MmioReg.INTERRUPT_ACK, status)
         return status
+
+    def handle_interrupt(self) -> dict[int, list]:
+        """Linux's vm_interrupt: acknowledge, then (for a used-buffer interrupt) collect every
+        queue. Returns ``{queue index: [UsedEntry, ...]}`` for queues that had entries; a
+        configuration change is counted in ``config_changes``."""
+        status = self.ack_interrupt()
+        if status & C.MMIO_INT_CONFIG:
+            self.config_changes += 1
+        used = {}
+        if status & C.MMIO_INT_VRING:
+            for i, dq in enumerate(self.queues):
+                entries = dq.collect()
+                if entries:
+                    used[i] = entries
+        return used
 
     def read_config(self, offset: int, size: int) -> bytes:
         return self.transport.read(C.MmioReg.CONFIG + offset, size)
