@@ -114,6 +114,9 @@ class VhostUserServer:
             sock, _ = self._listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        except OSError as exc:  # e.g. out of file descriptors: the front end will retry
+            log.warning("cannot accept a front end: %s", exc)
+            return
         self.loop.remove_reader(self._listener.fileno())  # one front end at a time
         self.backend.attach(Connection(sock))
 
