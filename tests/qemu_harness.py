@@ -5,7 +5,7 @@ transport forwards the guest's rings to ``pyvmm vhost-user virtio-snd`` running 
 subprocess, so the guest's real ``virtio_snd`` driver talks to pyvmm's device without
 KVM. Used as::
 
-    with qemu_sound_guest({"streams": "1p1c"}) as guest:
+    with qemu_sound_guest({"playback": "1", "capture": "0"}) as guest:
         print(guest.session.check("cat /proc/asound/cards", timeout=30))
         print(guest.backend_log.read_text())
 
