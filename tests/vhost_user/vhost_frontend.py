@@ -50,7 +50,6 @@ class FrontEnd:
         self.err_fds: dict[int, int] = {}
         self.alloc = GuestAllocator(self.memory, ram_base, ram_size)
         self.rings: dict[int, DriverQueue] = {}
-        self.reply_ack = False
 
     def close(self) -> None:
         self.conn.close()
@@ -97,7 +96,6 @@ class FrontEnd:
         offered_protocol = self.get_u64(m.FrontendRequest.GET_PROTOCOL_FEATURES)
         chosen = offered_protocol if protocol_features is None else protocol_features
         self.send(m.FrontendRequest.SET_PROTOCOL_FEATURES, m.U64(chosen))
-        self.reply_ack = bool(chosen & (1 << m.ProtocolFeature.REPLY_ACK))
         self.send(m.FrontendRequest.SET_OWNER)
         acked = offered if features is None else features
         assert self.acked(m.FrontendRequest.SET_FEATURES, m.U64(acked)) == 0
