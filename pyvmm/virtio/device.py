@@ -7,7 +7,9 @@ way to signal the driver, all in a :class:`DeviceContext` at activation.
 Threading: every device callback (``activate``, ``queue_notify``, ``reset``, timers the
 device schedules) runs on the device event loop thread, never on a vCPU thread.
 ``read_config``/``write_config`` may be called from a vCPU thread and must only touch
-immutable or locked state.
+immutable or locked state. Queues and ``DeviceContext.complete`` are loop-thread only: a
+device that does work on another thread (an audio callback, say) hands results back with
+``ctx.loop.call_soon_threadsafe``.
 """
 
 from __future__ import annotations
