@@ -187,20 +187,22 @@ def test_pause_holds_messages_and_resume_continues(drv):
     assert len(drv.collect(QueueIndex.TX)) == 2
 
 
-def test_message_duration_follows_its_length_and_format():
+def test_messages_complete_one_per_period_whatever_their_length():
+    """The clock ticks once per negotiated period (125 ms here); a short last message (end of
+    stream) takes the next tick like any other."""
     with SndDriver(options={"formats": "s16+s32"}) as d:
         d.start()
         assert d.set_params(0, buffer_bytes=48000 * 8, period_bytes=48000, channels=2,
                             fmt=PcmFormat.S32) == Status.OK  # 8-byte frames: 6000 frames = 125 ms
         assert d.pcm(PREP, 0) == Status.OK and d.pcm(START, 0) == Status.OK
         d.add_tx(0, bytes(48000))
-        d.add_tx(0, bytes(24000))  # a short last message: 62.5 ms
+        d.add_tx(0, bytes(24000))
         d.kick(QueueIndex.TX)
         d.advance(0.124)
         assert d.collect(QueueIndex.TX) == []
         d.advance(0.002)
         assert len(d.collect(QueueIndex.TX)) == 1
-        d.advance(0.060)  # due at 0.125 + 0.0625 = 0.1875 s after START
+        d.advance(0.122)  # next tick at 0.250 s after START
         assert d.collect(QueueIndex.TX) == []
         d.advance(0.003)
         assert len(d.collect(QueueIndex.TX)) == 1

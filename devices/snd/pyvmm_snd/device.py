@@ -14,10 +14,10 @@ from typing import Sequence
 from pyvmm.errors import VmmError
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
 
-from pyvmm_snd import iomsg, spec, topology
+from pyvmm_snd import hostaudio, iomsg, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
-from pyvmm_snd.dataplane import PlaceholderDataPlane
+from pyvmm_snd.dataplane import PcmDataPlane
 from pyvmm_snd.errors import GuestWarnings, RequestError
 from pyvmm_snd.events import EventQueue
 from pyvmm_snd.spec import PcmFeature, QueueIndex, Status
@@ -36,39 +36,47 @@ class SoundDevice(VirtioDevice):
     queue_max_sizes = (QUEUE_SIZE,) * len(QueueIndex)
 
     def __init__(self, options: dict[str, str] | None = None):
-        self._setup(topology.from_options(dict(options or {})))
+        options = dict(options or {})
+        host = {key: value for key, value in options.items() if hostaudio.is_host_option(key)}
+        card = {key: value for key, value in options.items() if key not in host}
+        self._setup(topology.from_options(card), hostaudio.from_options(host))
 
     @classmethod
-    def from_topology(cls, top: topology.Topology) -> SoundDevice:
+    def from_topology(cls, top: topology.Topology, host_audio: hostaudio.HostAudioConfig | None = None
+                      ) -> SoundDevice:
         """A device with a hand-built topology (tests, embedders); it is validated first."""
         top.validate()
         device = cls.__new__(cls)
-        device._setup(top)
+        device._setup(top, host_audio or hostaudio.from_options({}))
         return device
 
-    def _setup(self, top: topology.Topology) -> None:
+    def _setup(self, top: topology.Topology, host_audio: hostaudio.HostAudioConfig) -> None:
         self.topology = top
+        self.host_audio = host_audio
         self.streams = [PcmStream(i, config) for i, config in enumerate(self.topology.streams)]
+        self.backends = host_audio.create_backends([stream.direction for stream in self.streams])
         self.controls = ControlStore(self.topology.controls)
         self.controls.on_change = self._control_changed
         self.jack_connected = [jack.connected for jack in self.topology.jacks]
         self.events = EventQueue()
         self.control_plane = ControlPlane(self.topology, self.streams, self.controls, self.jack_connected)
-        self.dataplane: PlaceholderDataPlane | None = None
+        self.dataplane: PcmDataPlane | None = None
         self.ctx: DeviceContext | None = None
         self._config = bytes(self.topology.config())
         self._warn = GuestWarnings(log)
-        log.info("virtio-snd: %d streams, %d jacks, %d chmaps, %d controls, backend %s",
+        log.info("virtio-snd: %d streams, %d jacks, %d chmaps, %d controls; %s",
                  len(self.streams), len(self.topology.jacks), len(self.topology.chmaps),
-                 len(self.topology.controls), self.topology.backend)
+                 len(self.topology.controls), self.host_audio)
 
     @classmethod
     def describe_options(cls) -> str:
-        return topology.describe_options()
+        card = [line for line in topology.describe_options().splitlines() if not line.startswith("  backend ")]
+        return "\n".join(card) + "\n" + hostaudio.describe_options()
 
     @property
     def backend(self) -> str:
-        return self.topology.backend
+        """Names of the back ends the streams use (``wav+tone`` for the default card)."""
+        return "+".join(dict.fromkeys(b.NAME for b in self.backends))
 
     # -- VirtioDevice -----------------------------------------------------------------------
 
@@ -85,7 +93,8 @@ class SoundDevice(VirtioDevice):
     def activate(self, ctx: DeviceContext) -> None:
         self.ctx = ctx
         self.control_plane.ctls_negotiated = bool(ctx.features >> spec.F_CTLS & 1)
-        self.dataplane = PlaceholderDataPlane(ctx)
+        self.dataplane = PcmDataPlane(ctx, self.streams, self.backends, self.host_audio.clock,
+                                      self.controls.stream_gain, self.report_xrun)
         self.control_plane.dataplane = self.dataplane
         self.events.activate(ctx)
         log.debug("virtio-snd: activated (features %#x)", ctx.features)
@@ -116,6 +125,13 @@ class SoundDevice(VirtioDevice):
         self.events.reset()
         self.ctx = None
         log.debug("virtio-snd: reset")
+
+    def close(self) -> None:
+        """The VMM exits (also on Ctrl-C/SIGTERM): stop the clocks, flush and close the back ends."""
+        if self.dataplane is not None:
+            self.dataplane.close()
+        for backend in self.backends:
+            backend.close()
 
     # -- PCM I/O ------------------------------------------------------------------------------
 

@@ -1,0 +1,248 @@
+"""One PCM stream's data path: its period clock, its host back end, its xrun accounting.
+
+Each clock tick is one period of the stream's audio clock:
+
+* playback: the oldest queued message's frames go to the back end (scaled by the stream's
+  volume/mute controls; bit-exact at 0 dB) and the message is completed (status OK,
+  ``latency_bytes`` = what the back end holds but has not played yet). The guest's hardware
+  pointer advances one period per completion, so completions *are* the guest's audio clock;
+* capture: one period is read from the back end into the oldest queued message, which is
+  completed with used length = frames + 8.
+
+With ``clock=realtime`` (:class:`~pyvmm_snd.clock.RealTimeClock`, absolute deadlines) a tick
+that finds no message is an xrun: playback feeds the back end silence (never a replay),
+capture drops the period it read; the clock keeps running. A gap of consecutive xrun periods
+is counted once, sends one ``VIRTIO_SND_EVT_PCM_XRUN`` if the driver negotiated
+``EVT_XRUNS``, and is logged at INFO when data flows again (a gap that the STOP ends is the
+normal end of a drain and is logged at DEBUG). With ``clock=fast``
+(:class:`~pyvmm_snd.clock.FastClock`) a tick happens only when a message is waiting, so there
+are no xruns.
+
+A back end that fails (cannot open, write error) is logged once and the stream carries on
+without the host: the guest's clock never stops because of the host.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from pyvmm_snd import iomsg, pcm_format
+from pyvmm_snd.backends import BackendParams, PcmBackend
+from pyvmm_snd.clock import FastClock, RealTimeClock
+from pyvmm_snd.spec import Direction, QueueIndex, Status
+from pyvmm_snd.stream import PcmStream, StreamState
+
+if TYPE_CHECKING:
+    from pyvmm.virtio.device import DeviceContext
+
+    from pyvmm_snd.iomsg import IoMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamIoStats:
+    """Counters of one stream over the device's life (all runs)."""
+
+    periods: int = 0
+    """Messages completed by the clock (not counting RELEASE flushes)."""
+    bytes: int = 0
+    xruns: int = 0
+    """Gaps: runs of consecutive periods without a guest buffer."""
+    xrun_periods: int = 0
+    xrun_events: int = 0
+    flushed: int = 0
+    """Messages returned unplayed/unfilled by RELEASE."""
+    backend_errors: int = 0
+
+
+class StreamIo:
+    """Clock + back end + held messages of one stream (see the module docstring)."""
+
+    def __init__(self, ctx: DeviceContext, stream: PcmStream, backend: PcmBackend | None, clock_kind: str,
+                 gain: Callable[[int], float], report_xrun: Callable[[int], bool]):
+        self.ctx = ctx
+        self.stream = stream
+        self.backend = backend
+        self.clock_kind = clock_kind
+        self.gain = gain
+        self.report_xrun = report_xrun
+        self.stats = StreamIoStats()
+        self.clock: RealTimeClock | FastClock | None = None
+        self.params: BackendParams | None = None
+        self._backend_ok = False
+        self._gap = 0
+        """Periods of the xrun gap in progress (0: data is flowing)."""
+        self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
+
+    @property
+    def playback(self) -> bool:
+        return self.stream.direction == Direction.OUTPUT
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def submit(self, msg: IoMessage) -> None:
+        self.stream.pending.append(msg)
+        if self.clock is not None and self.stream.state == StreamState.STARTED:
+            self.clock.notify()
+
+    def start(self) -> None:
+        if self.clock is None:
+            self._open()
+        else:
+            self.clock.resume()
+
+    def stop(self) -> None:
+        if self.clock is not None:
+            self.clock.pause()
+        self._end_gap(trailing=True)
+
+    def release(self) -> None:
+        """Return every held message (status OK, nothing played/recorded), close the back end."""
+        self._stop_clock()
+        messages = self.stream.take_pending()
+        for msg in messages:
+            iomsg.complete(self.ctx, msg, Status.OK, notify=False)
+        self.stats.flushed += len(messages)
+        if messages:
+            log.debug("stream %d: released %d pending I/O messages", self.stream.id, len(messages))
+            self.ctx.signal_used(self.queue_index)
+        self._close_backend()
+
+    def reset(self) -> None:
+        """Device reset: stop without completing anything (the stream drops its messages)."""
+        self._stop_clock()
+        self._close_backend()
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        params = self.stream.effective_params
+        self._backend_ok = False
+        try:
+            self.params = BackendParams.from_stream(self.stream.id, self.stream.direction, params)
+            if self.backend is not None:
+                self.backend.open(self.params)
+                self._backend_ok = True
+        except Exception as exc:  # BackendError, an unsupported format, a host I/O error: never fatal
+            self.stats.backend_errors += 1
+            log.warning("stream %d: back end %s cannot play %s: %s; the stream runs without host audio",
+                        self.stream.id, self.backend.describe() if self.backend else "-", params, exc)
+        name = f"stream {self.stream.id}"
+        if self.clock_kind == "fast":
+            self.clock = FastClock(self.ctx.loop, self._tick, name=name)
+        else:
+            periods = max(1, params.buffer_bytes // params.period_bytes)
+            self.clock = RealTimeClock(self.ctx.loop, params.period_seconds, self._tick, name=name,
+                                       max_catchup=max(1, periods // 2))
+        log.debug("stream %d: run starts (%s, %s clock)", self.stream.id, params, self.clock_kind)
+        self.clock.start()
+
+    def _stop_clock(self) -> None:
+        if self.clock is not None:
+            self.clock.stop()
+            self.clock = None
+        self._end_gap(trailing=True)
+
+    def _close_backend(self) -> None:
+        if self.backend is not None and self._backend_ok:
+            try:
+                self.backend.close()
+            except Exception as exc:
+                log.warning("stream %d: closing back end %s failed: %s", self.stream.id, self.backend.describe(), exc)
+        self._backend_ok = False
+
+    def close(self) -> None:
+        """The VMM exits: stop the clock, flush the back end."""
+        self._stop_clock()
+        self._close_backend()
+
+    def _tick(self, tick: int) -> bool:
+        """One period; returns True when more messages wait (the fast clock ticks again)."""
+        stream = self.stream
+        if stream.state != StreamState.STARTED:
+            return False
+        if not stream.pending:
+            if self.clock_kind != "fast":
+                self._xrun()
+            return False
+        msg = stream.pending.popleft()
+        self._end_gap(trailing=False)
+        if self.playback:
+            self._play(msg)
+        else:
+            self._record(msg)
+        self.stats.periods += 1
+        self.stats.bytes += msg.data_len
+        return bool(stream.pending)
+
+    def _play(self, msg: IoMessage) -> None:
+        reader = msg.chain.reader()
+        reader.skip(iomsg.XFER_SIZE)
+        data = reader.read(msg.data_len)
+        self._backend_call(lambda backend: backend.write(self._scaled(data)))
+        iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency())
+
+    def _record(self, msg: IoMessage) -> None:
+        data = self._backend_call(lambda backend: backend.read(msg.data_len))
+        if data is None or len(data) != msg.data_len:
+            data = iomsg.silence(self.stream.effective_params, msg.data_len)
+        else:
+            data = self._scaled(data)
+        iomsg.complete(self.ctx, msg, Status.OK, data, latency_bytes=self._latency())
+
+    def _scaled(self, data: bytes) -> bytes:
+        """The stream's volume/mute controls applied (``data`` itself at 0 dB unmuted)."""
+        gain = self.gain(self.stream.id)
+        if gain == 1.0 or self.params is None:
+            return data
+        return pcm_format.apply_gain(data, self.params.format, self.params.channels, gain, gain == 0.0)
+
+    def _latency(self) -> int:
+        if not self._backend_ok or self.backend is None:
+            return 0
+        try:
+            return max(0, min(int(self.backend.latency_bytes), 0xFFFFFFFF))
+        except Exception:
+            return 0
+
+    def _backend_call(self, fn):
+        if not self._backend_ok or self.backend is None:
+            return None
+        try:
+            return fn(self.backend)
+        except Exception as exc:
+            self.stats.backend_errors += 1
+            self._backend_ok = False
+            log.warning("stream %d: back end %s failed: %s; the stream carries on without host audio",
+                        self.stream.id, self.backend.describe(), exc)
+            return None
+
+    # -- xruns ------------------------------------------------------------------------------------
+
+    def _xrun(self) -> None:
+        params = self.params
+        period = params.period_bytes if params is not None else self.stream.effective_params.period_bytes
+        if self.playback:
+            self._backend_call(lambda backend: backend.play_silence(period))
+        else:
+            self._backend_call(lambda backend: backend.read(period))  # a live source keeps its pace
+        self.stats.xrun_periods += 1
+        if self._gap == 0:
+            self.stats.xruns += 1
+            if self.report_xrun(self.stream.id):
+                self.stats.xrun_events += 1
+        self._gap += 1
+
+    def _end_gap(self, trailing: bool) -> None:
+        if not self._gap:
+            return
+        periods, self._gap = self._gap, 0
+        seconds = periods * (self.params.period_seconds if self.params else 0.0)
+        what = ("underrun: %d periods (%.0f ms) of silence played" if self.playback
+                else "overrun: %d periods (%.0f ms) of captured audio dropped (no guest buffer)")
+        level = logging.DEBUG if trailing else logging.INFO
+        log.log(level, "stream %d: " + what + "%s; %d xruns so far", self.stream.id, periods, seconds * 1e3,
+                " at the end of the run" if trailing else "", self.stats.xruns)
