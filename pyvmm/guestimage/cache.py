@@ -37,6 +37,7 @@ def building(entry: Path) -> Iterator[Path]:
     for stale in entry.parent.glob(f".{entry.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the entry is an ordinary cache directory
     try:
         yield tmp
         if entry.exists():
