@@ -139,12 +139,14 @@ def test_capture_release_returns_unfilled_buffers():
 
 
 def test_fast_clock_completes_as_soon_as_the_backend_took_the_period(tmp_path):
+    """Everything but the last held message completes at once; that one waits for the next
+    message (or one period), so the guest's pointer never jumps a whole buffer."""
     out = tmp_path / "out.wav"
     with TimedDriver(options={"clock": "fast", "backend.path": str(out), "capture.backend": "null"}) as d:
         d.start()
-        d.run_stream(0, buffer_bytes=BUFFER, period_bytes=PERIOD)
+        d.run_stream(0, buffer_bytes=4 * PERIOD, period_bytes=PERIOD)
         data = periods(8)
-        for p in data[:3]:
+        for p in data[:4]:
             d.add_tx(0, p)
         d.kick(TX)
         d.advance(0)
@@ -152,17 +154,43 @@ def test_fast_clock_completes_as_soon_as_the_backend_took_the_period(tmp_path):
         d.pcm(R.PCM_START, 0)
         t0 = d.loop.time()
         d.advance(0)
-        assert len(d.collect(TX)) == 3
-        for p in data[3:]:
+        assert len(d.collect(TX)) == 3  # not the whole buffer
+        for p in data[4:7]:
             d.add_tx(0, p)
         d.kick(TX)
         d.advance(0)
-        assert len(d.collect(TX)) == 5
+        assert len(d.collect(TX)) == 3
         assert set(d.times(TX)) == {t0}  # no time had to pass
+        d.add_tx(0, data[7])
+        d.kick(TX)
+        d.advance(0)
+        assert len(d.collect(TX)) == 1
+        d.advance(PERIOD_S * 0.99)
+        assert d.collect(TX) == []
+        d.advance(PERIOD_S * 0.02)  # the last one, after one period without a successor
+        assert len(d.collect(TX)) == 1
         assert d.device.dataplane.io[0].stats.xruns == 0  # nothing queued is not an underrun here
         d.pcm(R.PCM_STOP, 0)
         d.pcm(R.PCM_RELEASE, 0)
     assert read_wav(out)[1] == b"".join(data)
+
+
+def test_fast_clock_capture_keeps_one_buffer_back():
+    with TimedDriver(options={"clock": "fast", "backend": "tone"}) as d:
+        d.start()
+        d.run_stream(1, buffer_bytes=4 * PERIOD, period_bytes=PERIOD)
+        heads = [d.add_rx(1, PERIOD) for _ in range(4)]
+        d.kick(RX)
+        d.pcm(R.PCM_START, 1)
+        d.advance(0)
+        assert [e.id for e in d.collect(RX)] == heads[:3]
+        again = d.add_rx(1, PERIOD)  # the application read a period: the driver re-queues it
+        d.kick(RX)
+        d.advance(0)
+        assert [e.id for e in d.collect(RX)] == [heads[3]]
+        d.pcm(R.PCM_STOP, 1)
+        d.pcm(R.PCM_RELEASE, 1)
+        assert [(e.id, e.len) for e in d.collect(RX)] == [(again, 8)]
 
 
 def test_two_playback_and_one_capture_stream_each_on_its_own_clock(tmp_path):

@@ -16,7 +16,10 @@ is counted once, sends one ``VIRTIO_SND_EVT_PCM_XRUN`` if the driver negotiated
 ``EVT_XRUNS``, and is logged at INFO when data flows again (a gap that the STOP ends is the
 normal end of a drain and is logged at DEBUG). With ``clock=fast``
 (:class:`~pyvmm_snd.clock.FastClock`) a tick happens only when a message is waiting, so there
-are no xruns.
+are no xruns; the last held message waits for the next one (or one period duration) before
+it completes, because a burst of a whole buffer of completions moves the guest's hardware
+pointer by exactly its buffer size, which ALSA cannot tell from no progress at all (arecord
+then fails with EIO).
 
 A back end that fails (cannot open, write error) is logged once and the stream carries on
 without the host: the guest's clock never stops because of the host.
@@ -75,6 +78,8 @@ class StreamIo:
         self._backend_ok = False
         self._gap = 0
         """Periods of the xrun gap in progress (0: data is flowing)."""
+        self._hold_timer = None
+        """Fast clock: completes the last held message if no other one follows it."""
         self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
 
     @property
@@ -85,6 +90,7 @@ class StreamIo:
 
     def submit(self, msg: IoMessage) -> None:
         self.stream.pending.append(msg)
+        self._cancel_hold()
         if self.clock is not None and self.stream.state == StreamState.STARTED:
             self.clock.notify()
 
@@ -95,6 +101,7 @@ class StreamIo:
             self.clock.resume()
 
     def stop(self) -> None:
+        self._cancel_hold()
         if self.clock is not None:
             self.clock.pause()
         self._end_gap(trailing=True)
@@ -141,6 +148,7 @@ class StreamIo:
         self.clock.start()
 
     def _stop_clock(self) -> None:
+        self._cancel_hold()
         if self.clock is not None:
             self.clock.stop()
             self.clock = None
@@ -168,6 +176,10 @@ class StreamIo:
             if self.clock_kind != "fast":
                 self._xrun()
             return False
+        if self.clock_kind == "fast" and len(stream.pending) == 1 and not self._releasing_last:
+            self._hold_last()
+            return False
+        self._releasing_last = False
         msg = stream.pending.popleft()
         self._end_gap(trailing=False)
         if self.playback:
@@ -177,6 +189,25 @@ class StreamIo:
         self.stats.periods += 1
         self.stats.bytes += msg.data_len
         return bool(stream.pending)
+
+    _releasing_last = False
+
+    def _hold_last(self) -> None:
+        if self._hold_timer is None:
+            delay = self.params.period_seconds if self.params else self.stream.effective_params.period_seconds
+            self._hold_timer = self.ctx.loop.call_later(delay, self._release_last)
+
+    def _release_last(self) -> None:
+        self._hold_timer = None
+        if self.stream.state == StreamState.STARTED and self.stream.pending:
+            self._releasing_last = True
+            self._tick(0)
+            self._releasing_last = False
+
+    def _cancel_hold(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
 
     def _play(self, msg: IoMessage) -> None:
         reader = msg.chain.reader()
