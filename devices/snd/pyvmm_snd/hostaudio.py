@@ -12,8 +12,8 @@ Option scheme (``--device virtio-snd,KEY=VALUE,...``):
   stream); a key no chosen back end knows is an error. ``playback.backend.KEY=VALUE`` and
   ``capture.backend.KEY=VALUE`` reach one direction only.
 * ``clock=realtime`` (default) completes one period per period duration on absolute
-  deadlines; ``clock=fast`` completes as soon as the back end took the period (tests,
-  throughput).
+  deadlines; ``clock=fast`` completes playback periods as soon as the back end took them
+  (tests, throughput). Capture always runs in real time (see :mod:`pyvmm_snd.streamio`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ OPTION_HELP = {
     "backend.KEY": "back-end option, given to each direction whose back end has KEY",
     "playback.backend.KEY": "back-end option for the playback streams only",
     "capture.backend.KEY": "back-end option for the capture streams only",
-    "clock": "realtime (one period per period duration, default) or fast (as fast as the guest sends)",
+    "clock": "realtime (one period per period duration, default) or fast (playback as fast as the guest "
+             "sends; capture stays real time)",
 }
 
 

@@ -19,7 +19,9 @@ normal end of a drain and is logged at DEBUG). With ``clock=fast``
 are no xruns; the last held message waits for the next one (or one period duration) before
 it completes, because a burst of a whole buffer of completions moves the guest's hardware
 pointer by exactly its buffer size, which ALSA cannot tell from no progress at all (arecord
-then fails with EIO).
+then fails with EIO). ``clock=fast`` applies to playback only: capture always runs on the
+real-time clock (the device cannot see how fast the guest application reads; filling faster
+overruns the guest's buffer and arecord restarts from a new run).
 
 A back end that fails (cannot open, write error) is logged once and the stream carries on
 without the host: the guest's clock never stops because of the host.
@@ -69,7 +71,9 @@ class StreamIo:
         self.ctx = ctx
         self.stream = stream
         self.backend = backend
-        self.clock_kind = clock_kind
+        self.clock_kind = clock_kind if stream.direction == Direction.OUTPUT else "realtime"
+        """Capture always runs in real time: the device cannot see the guest application read,
+        and filling the guest's buffers faster than that overruns it (arecord restarts)."""
         self.gain = gain
         self.report_xrun = report_xrun
         self.stats = StreamIoStats()
