@@ -166,11 +166,12 @@ def test_loopback_records_what_it_plays(image, files, tmp_path):
     source = files[f"{GUEST_DIR}/noise.raw"][:48000 * 4 // 2]  # 0.5 s
     with boot(image, {**files, f"{GUEST_DIR}/half.raw": source}, tmp_path, options) as guest:
         fmt = "-t raw -f S16_LE -c 2 -r 48000 --period-size=480 --buffer-size=1920"
-        out = guest.session.run(f"arecord -q {HW} {fmt} -d 2 /tmp/rec.raw & r=$!; sleep 0.3; "
-                                f"aplay -q {HW} {fmt} {GUEST_DIR}/half.raw; echo aplay=$?; wait $r; echo arecord=$?; "
-                                "echo BEGIN; base64 /tmp/rec.raw; echo END", timeout=TIMEOUT)
+        script = (f"arecord -q {HW} {fmt} -d 2 /tmp/rec.raw & r=$!; sleep 0.3; "
+                  f"aplay -q {HW} {fmt} {GUEST_DIR}/half.raw; echo aplay=$?; wait $r; echo arecord=$?")
+        out = guest.session.run(f"sh -c '{script}'; echo -- BEGIN --; base64 /tmp/rec.raw; echo -- END --",
+                                timeout=TIMEOUT)
         assert "aplay=0" in out.output and "arecord=0" in out.output, out.output[:2000]
-        encoded = out.output.split("BEGIN\n", 1)[1].split("END", 1)[0].replace("\n", "")
+        encoded = out.output.split("-- BEGIN --\n", 1)[1].split("-- END --", 1)[0].replace("\n", "")
     import base64
 
     recorded = base64.b64decode(encoded)
