@@ -9,7 +9,11 @@
   null back end, MB/s and multiples of real time (driver model + device; the guest side
   of a real VM costs extra).
 
-    python3 scripts/bench_snd.py [--seconds 5] [--fast-seconds 20] [--backend null]
+* ``--guest-seconds N``: the real guest driver (QEMU TCG + vhost-user, ``tests/qemu_harness.py``)
+  plays N seconds of 48 kHz stereo S16 with the real-time clock into a WAV; prints the
+  guest's ``time aplay`` and the frames the host WAV received.
+
+    python3 scripts/bench_snd.py [--seconds 5] [--fast-seconds 20] [--backend null] [--guest-seconds 0]
 """
 
 from __future__ import annotations
@@ -126,12 +130,41 @@ def throughput(label: str, seconds: float, backend: str, channels: int, fmt: Pcm
           f"{nbytes / elapsed / 1e6:.1f} MB/s, {seconds / elapsed:.0f} x real time")
 
 
+def guest_real_time(seconds: float) -> None:
+    import re
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "snd_dataplane"))
+    from guest_helpers import image_with_files, noise, wav_data
+    from qemu_harness import guest_and_qemu, qemu_sound_guest
+
+    work = Path(tempfile.mkdtemp(prefix="bench-snd-"))
+    image, qemu = guest_and_qemu()
+    audio = noise(int(48000 * seconds) * 4, seed=1)
+    image = image_with_files(image, {"/test/bench.raw": audio}, work)
+    with qemu_sound_guest({"backend.path": str(work / "out{stream}.wav"), "capture.backend": "null"},
+                          image=image, qemu=qemu) as guest:
+        out = guest.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 /test/bench.raw",
+                                timeout=seconds * 3 + 60).output
+    match = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
+    wall = int(match.group(1)) * 60 + float(match.group(2)) if match else float("nan")
+    _, data = wav_data(work / "out0.wav")
+    print(f"guest (QEMU TCG, real driver, real-time clock): 'time aplay' of {seconds:.1f} s of audio: "
+          f"{wall:.2f} s (ratio {wall / seconds:.4f}); host WAV got {len(data) / 4 / 48000:.3f} s "
+          f"({len(data) - len(audio)} bytes of end padding)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="audio played in the real-time run")
     parser.add_argument("--fast-seconds", type=float, default=20.0, help="audio played in each fast run")
     parser.add_argument("--backend", default="null", help="playback back end (null, wav needs backend.path)")
+    parser.add_argument("--guest-seconds", type=float, default=0.0,
+                        help="also time aplay of this much audio in a QEMU guest (0: skip)")
     args = parser.parse_args()
+    if args.guest_seconds:
+        guest_real_time(args.guest_seconds)
     real_time(args.seconds, args.backend)
     throughput("48 kHz stereo S16", args.fast_seconds, args.backend, 2, PcmFormat.S16, PcmRate.RATE_48000, 48000, 2)
     throughput("192 kHz 8-ch S32", args.fast_seconds, args.backend, 8, PcmFormat.S32, PcmRate.RATE_192000,
