@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from guest_helpers import GUEST_DIR, WavWatcher, image_with_files, md5, noise, wav_data  # noqa: E402
+from guest_helpers import GUEST_DIR, WavWatcher, image_with_files, md5, noise  # noqa: E402
 from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
 
 pytestmark = pytest.mark.qemu

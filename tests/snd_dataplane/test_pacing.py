@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from dp_helpers import BUFFER, PERIOD, PERIOD_S, TimedDriver, periods, read_wav
-from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode, Status
+from pyvmm_snd.spec import PcmRate, QueueIndex, RequestCode, Status
 
 R = RequestCode
 TX, RX, CTL = QueueIndex.TX, QueueIndex.RX, QueueIndex.CONTROL
