@@ -179,7 +179,7 @@ def test_playback_other_formats_bit_exact(tmp_path, fmt, width):
         assert stored == expected
 
 
-def test_close_flushes_a_running_stream_and_stops_its_clock(tmp_path):
+def test_close_flushes_a_running_stream_and_stops_its_clock(tmp_path, capsys):
     d = wav_driver(tmp_path)
     d.start()
     d.run_stream(0, buffer_bytes=BUFFER, period_bytes=PERIOD)
@@ -192,6 +192,7 @@ def test_close_flushes_a_running_stream_and_stops_its_clock(tmp_path):
     d.device.close()  # the VMM exits with the stream still running
     assert d.loop.pending_timers() == 0
     assert read_wav(tmp_path / "out.wav")[1] == b"".join(data)
+    assert f"stream 0 playback written to {tmp_path / 'out.wav'}" in capsys.readouterr().err  # told at exit
     d.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Sequence
 
 from pyvmm.errors import VmmError
@@ -132,6 +133,8 @@ class SoundDevice(VirtioDevice):
             self.dataplane.close()
         for backend in self.backends:
             backend.close()
+        for line in hostaudio.written_files(self.backends):
+            print(f"pyvmm: {line}", file=sys.stderr)
 
     # -- PCM I/O ------------------------------------------------------------------------------
 

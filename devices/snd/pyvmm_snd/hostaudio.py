@@ -112,6 +112,16 @@ def from_options(options: dict[str, str]) -> HostAudioConfig:
     return HostAudioConfig(choices[Direction.OUTPUT], choices[Direction.INPUT], clock)
 
 
+def written_files(backends: list[PcmBackend]) -> list[str]:
+    """One line per WAV file the playback streams wrote (told to the user at exit: with the
+    default options nobody asked for the file, so they must learn where it is)."""
+    lines = []
+    for stream_id, backend in enumerate(backends):
+        for path in getattr(backend, "files", ()):
+            lines.append(f"virtio-snd: stream {stream_id} playback written to {path}")
+    return lines
+
+
 def describe_options() -> str:
     lines = ["host audio options:"]
     lines += [f"  {key:<21} {text}" for key, text in OPTION_HELP.items()]
