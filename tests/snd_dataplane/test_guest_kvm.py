@@ -4,6 +4,7 @@ from a host WAV (md5 printed by the guest), speaker-test, and not one rejected r
 
 from __future__ import annotations
 
+import io
 import subprocess
 import wave
 
@@ -58,7 +59,7 @@ def test_playback_capture_speaker_test_under_kvm(guest_image, tmp_path):
     layout, data = wav_data(files[0])
     assert (layout.channels, layout.rate) == (6, 48000)
     assert data[:len(PLAY)] == PLAY and data[len(PLAY):] == bytes(len(data) - len(PLAY))
-    with wave.open(__import__("io").BytesIO(ramp_wav(48000, 2, 4800))) as w:
+    with wave.open(io.BytesIO(ramp_wav(48000, 2, 4800))) as w:
         ramp = w.readframes(w.getnframes())
     _, data = wav_data(files[1])
     assert data[:len(ramp)] == ramp

@@ -12,6 +12,7 @@ Skipped with a message when QEMU or the default guest image cannot be had.
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import wave
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from guest_helpers import GUEST_DIR, WavWatcher, image_with_files, md5, noise  # noqa: E402
+from guest_helpers import GUEST_DIR, WavWatcher, image_with_files, md5, noise, wav_data  # noqa: E402
 from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
 
 pytestmark = pytest.mark.qemu
@@ -135,7 +136,7 @@ def test_aplay_ramp_wav_shows_period_and_buffer(fast_guest):
     assert 0 < period <= buffer and buffer % period == 0, out
     layout, data = fast_guest.watcher.new_audio()
     wav = ramp_wav(48000, 2, 4800)
-    with wave.open(__import__("io").BytesIO(wav)) as w:
+    with wave.open(io.BytesIO(wav)) as w:
         source = w.readframes(w.getnframes())
     assert data[:len(source)] == source and data[len(source):] == bytes(len(data) - len(source))
     print(f"\naplay -v: period_size {period} frames, buffer_size {buffer} frames")
@@ -237,3 +238,25 @@ def test_sigstopped_aplay_default_thresholds_guest_recovers(realtime_guest, file
     _, played = realtime_guest.watcher.new_audio()
     assert played[:len(source)] == source
     assert played[len(source):] == bytes(len(played) - len(source))
+
+
+def test_two_playback_streams_and_a_capture_stream_at_once(image, files, tmp_path):
+    """Two aplay (subdevices 0 and 1 of the card's PCM) and one arecord at the same time, real
+    time: they share the tx queue and the interrupt, each stream keeps its own clock."""
+    options = {"playback": "2", "capture": "1", "backend.path": str(tmp_path / "out{stream}.wav"),
+               "capture.backend": "tone"}
+    first, second = files[f"{GUEST_DIR}/play0.raw"], files[f"{GUEST_DIR}/play1.raw"]  # 48k stereo, 8k mono
+    script = (f"aplay -q -D hw:0,0,0 -t raw -f S16_LE -c 2 -r 48000 {GUEST_DIR}/play0.raw & a=$!; "
+              f"aplay -q -D hw:0,0,1 -t raw -f S16_LE -c 1 -r 8000 {GUEST_DIR}/play1.raw & b=$!; "
+              "arecord -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 44100 -d 1 /tmp/rec.raw; echo arecord=$?; "
+              "wait $a; echo aplay0=$?; wait $b; echo aplay1=$?; echo rec_bytes=$(wc -c < /tmp/rec.raw)")
+    with boot(image, files, tmp_path, options) as guest:
+        out = guest.session.run(f"sh -c '{script}'", timeout=TIMEOUT).output
+        log = guest.backend_log.read_text()
+    for key in ("arecord=0", "aplay0=0", "aplay1=0", f"rec_bytes={44100 * 4}"):
+        assert key in out, out
+    for stream_id, source in ((0, first), (1, second)):
+        _, data = wav_data(tmp_path / f"out{stream_id}.wav")
+        assert data[:len(source)] == source, stream_id
+        assert data[len(source):] == bytes(len(data) - len(source)), stream_id
+    assert "WARNING pyvmm_snd" not in log
