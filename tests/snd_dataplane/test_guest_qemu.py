@@ -176,11 +176,9 @@ def test_loopback_records_what_it_plays(image, files, tmp_path):
     import base64
 
     recorded = base64.b64decode(encoded)
-    start = recorded.find(source[:64])
-    assert start >= 0, "the played audio is not in the recording"
-    assert recorded[start:start + len(source)] == source
-    assert recorded[:start] == bytes(start)  # silence before playback started
-    assert recorded[start + len(source):] == bytes(len(recorded) - start - len(source))
+    assert recorded.find(source[:64]) >= 0, "the played audio is not in the recording"
+    # Silence before and after (and in any gap a loaded host caused); the source has no zero byte.
+    assert recorded.replace(b"\0", b"") == source
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +213,8 @@ def test_sigstopped_aplay_device_plays_silence_for_the_gap(realtime_guest, files
     gap_s = (gap_end - gap_start) / (48000 * 4)
     assert 0.25 < gap_s < 1.25, gap_s  # the second aplay was stopped, less the buffer it had queued
     assert played[:gap_start] == source[:gap_start]  # before: the audio, in order
-    rest = played[gap_end:]
-    resumed = source[gap_start:gap_start + len(rest)]
-    tail = len(source) - gap_start
-    assert rest[:tail] == source[gap_start:]  # after: the rest, never a replay
-    assert rest[tail:] == bytes(len(rest) - tail)
-    assert resumed[:64] == rest[:64]
+    assert played[gap_end:gap_end + 64] == source[gap_start:gap_start + 64]  # after: where it stopped
+    assert played.replace(b"\0", b"") == source  # nothing replayed, nothing lost (no zero byte in source)
     log = realtime_guest.backend_log.read_text()
     underruns = re.findall(r"stream 0: underrun: (\d+) periods", log)
     assert underruns, log[-2000:]
@@ -236,14 +230,13 @@ def test_sigstopped_aplay_default_thresholds_guest_recovers(realtime_guest, file
     assert "aplay=0" in out.output, out.output
     assert "underrun" in out.output
     _, played = realtime_guest.watcher.new_audio()
-    assert played[:len(source)] == source
-    assert played[len(source):] == bytes(len(played) - len(source))
+    assert played.replace(b"\0", b"") == source  # every frame once, in order (no zero byte in source)
 
 
 def test_two_playback_streams_and_a_capture_stream_at_once(image, files, tmp_path):
-    """Two aplay (subdevices 0 and 1 of the card's PCM) and one arecord at the same time, real
-    time: they share the tx queue and the interrupt, each stream keeps its own clock."""
-    options = {"playback": "2", "capture": "1", "backend.path": str(tmp_path / "out{stream}.wav"),
+    """Two aplay (subdevices 0 and 1 of the card's PCM) and one arecord at the same time: they
+    share the tx queue and the interrupt (playback on the fast clock, capture in real time)."""
+    options = {"playback": "2", "capture": "1", "clock": "fast", "backend.path": str(tmp_path / "out{stream}.wav"),
                "capture.backend": "tone"}
     first, second = files[f"{GUEST_DIR}/play0.raw"], files[f"{GUEST_DIR}/play1.raw"]  # 48k stereo, 8k mono
     script = (f"aplay -q -D hw:0,0,0 -t raw -f S16_LE -c 2 -r 48000 {GUEST_DIR}/play0.raw & a=$!; "
