@@ -252,3 +252,20 @@ def test_real_asyncio_loop_paces_on_the_clock_deadlines():
             assert clock.stats.ticks >= 6
     finally:
         loop.close()
+
+
+def test_tiny_periods_are_handled_several_per_millisecond_tick():
+    """8 frames at 48 kHz (167 us): the clock ticks every 1 ms and completes 6 periods per tick."""
+    with null_driver(formats="s16") as d:
+        d.start()
+        d.run_stream(0, buffer_bytes=32 * 32, period_bytes=32)
+        for p in periods(13, 32):
+            d.add_tx(0, p)
+        d.kick(TX)
+        d.pcm(R.PCM_START, 0)
+        t0 = d.loop.time()
+        d.advance(0.0021)
+        assert d.times(TX) == pytest.approx([t0 + 0.001] * 6 + [t0 + 0.002] * 6, abs=1e-9)
+        d.advance(0.001)
+        assert len(d.times(TX)) == 13
+        assert d.device.dataplane.io[0].stats.xrun_periods == 5  # the rest of the third tick

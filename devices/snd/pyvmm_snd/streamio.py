@@ -30,6 +30,7 @@ without the host: the guest's clock never stops because of the host.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from pyvmm_snd.iomsg import IoMessage
 
 log = logging.getLogger(__name__)
+
+MIN_TICK_SECONDS = 0.001
+"""A guest may negotiate periods of a few frames; the real-time clock then ticks every
+millisecond and handles as many periods per tick (the event loop is never flooded)."""
 
 
 @dataclass
@@ -146,8 +151,9 @@ class StreamIo:
             self.clock = FastClock(self.ctx.loop, self._tick, name=name)
         else:
             periods = max(1, params.buffer_bytes // params.period_bytes)
-            self.clock = RealTimeClock(self.ctx.loop, params.period_seconds, self._tick, name=name,
-                                       max_catchup=max(1, periods // 2))
+            self._per_tick = max(1, math.ceil(MIN_TICK_SECONDS / params.period_seconds - 1e-9))
+            self.clock = RealTimeClock(self.ctx.loop, params.period_seconds * self._per_tick, self._tick_periods,
+                                       name=name, max_catchup=max(1, periods // (2 * self._per_tick)))
         log.debug("stream %d: run starts (%s, %s clock)", self.stream.id, params, self.clock_kind)
         self.clock.start()
 
@@ -170,6 +176,12 @@ class StreamIo:
         """The VMM exits: stop the clock, flush the back end."""
         self._stop_clock()
         self._close_backend()
+
+    _per_tick = 1
+
+    def _tick_periods(self, tick: int) -> None:
+        for _ in range(self._per_tick):
+            self._tick(tick)
 
     def _tick(self, tick: int) -> bool:
         """One period; returns True when more messages wait (the fast clock ticks again)."""
@@ -250,9 +262,9 @@ class StreamIo:
             return fn(self.backend)
         except Exception as exc:
             self.stats.backend_errors += 1
-            self._backend_ok = False
             log.warning("stream %d: back end %s failed: %s; the stream carries on without host audio",
                         self.stream.id, self.backend.describe(), exc)
+            self._close_backend()
             return None
 
     # -- xruns ------------------------------------------------------------------------------------
