@@ -180,7 +180,7 @@ def test_fast_clock_leaves_capture_in_real_time():
     overrun the guest's buffer, so clock=fast only speeds up playback."""
     with TimedDriver(options={"clock": "fast", "backend": "tone"}) as d:
         d.start()
-        d.run_stream(1, buffer_bytes=4 * PERIOD, period_bytes=PERIOD)
+        d.run_stream(1, buffer_bytes=BUFFER, period_bytes=PERIOD)
         heads = [d.add_rx(1, PERIOD) for _ in range(4)]
         d.kick(RX)
         d.pcm(R.PCM_START, 1)
@@ -199,7 +199,7 @@ def test_two_playback_and_one_capture_stream_each_on_its_own_clock(tmp_path):
         # stream 2 (capture): 8 kHz mono S16, 160 frames (20 ms)
         d.run_stream(0, buffer_bytes=BUFFER, period_bytes=PERIOD)
         d.run_stream(1, buffer_bytes=4 * 882, period_bytes=882, channels=1, rate=PcmRate.RATE_44100)
-        d.run_stream(2, buffer_bytes=4 * 320, period_bytes=320, channels=1, rate=PcmRate.RATE_8000)
+        d.run_stream(2, buffer_bytes=8 * 320, period_bytes=320, channels=1, rate=PcmRate.RATE_8000)
         streams = {0: (PERIOD, PERIOD_S), 1: (882, 0.01), 2: (320, 0.02)}
         heads = {0: [d.add_tx(0, p) for p in periods(4, PERIOD, seed=0)],
                  1: [d.add_tx(1, p) for p in periods(4, 882, seed=1)],
@@ -269,3 +269,22 @@ def test_tiny_periods_are_handled_several_per_millisecond_tick():
         d.advance(0.001)
         assert len(d.times(TX)) == 13
         assert d.device.dataplane.io[0].stats.xrun_periods == 5  # the rest of the third tick
+
+
+def test_capture_never_hands_a_whole_buffer_to_a_driver_that_queued_nothing_new():
+    """Four periods per buffer, all four queued at START (Linux), the guest too busy to read:
+    three complete, the fourth waits (its periods are overruns) until the driver queues one."""
+    with null_driver() as d:
+        d.start()
+        d.run_stream(1, buffer_bytes=4 * PERIOD, period_bytes=PERIOD)
+        heads = [d.add_rx(1, PERIOD) for _ in range(4)]
+        d.kick(RX)
+        d.pcm(R.PCM_START, 1)
+        d.advance(10 * PERIOD_S + 1e-9)
+        assert [e.id for e in d.collect(RX)] == heads[:3]
+        stats = d.device.dataplane.io[1].stats
+        assert (stats.xruns, stats.xrun_periods) == (1, 7)
+        d.add_rx(1, PERIOD)
+        d.kick(RX)
+        d.advance(PERIOD_S)
+        assert [e.id for e in d.collect(RX)] == [heads[3]]  # the oldest buffer first

@@ -11,7 +11,9 @@ Each clock tick is one period of the stream's audio clock:
 
 With ``clock=realtime`` (:class:`~pyvmm_snd.clock.RealTimeClock`, absolute deadlines) a tick
 that finds no message is an xrun: playback feeds the back end silence (never a replay),
-capture drops the period it read; the clock keeps running. A gap of consecutive xrun periods
+capture drops the period it read (also when completing would give the driver a whole buffer
+without it queuing anything new:
+see :meth:`StreamIo._capture_would_wrap`); the clock keeps running. A gap of consecutive xrun periods
 is counted once, sends one ``VIRTIO_SND_EVT_PCM_XRUN`` if the driver negotiated
 ``EVT_XRUNS``, and is logged at INFO when data flows again (a gap that the STOP ends is the
 normal end of a drain and is logged at DEBUG). With ``clock=fast``
@@ -99,6 +101,7 @@ class StreamIo:
 
     def submit(self, msg: IoMessage) -> None:
         self.stream.pending.append(msg)
+        self._completed_since_submit = 0
         self._cancel_hold()
         if self.clock is not None and self.stream.state == StreamState.STARTED:
             self.clock.notify()
@@ -137,6 +140,7 @@ class StreamIo:
     def _open(self) -> None:
         params = self.stream.effective_params
         self._backend_ok = False
+        self._completed_since_submit = 0
         try:
             self.params = BackendParams.from_stream(self.stream.id, self.stream.direction, params)
             if self.backend is not None:
@@ -188,7 +192,7 @@ class StreamIo:
         stream = self.stream
         if stream.state != StreamState.STARTED:
             return False
-        if not stream.pending:
+        if not stream.pending or self._capture_would_wrap():
             if self.clock_kind != "fast":
                 self._xrun()
             return False
@@ -207,6 +211,17 @@ class StreamIo:
         return bool(stream.pending)
 
     _releasing_last = False
+
+    def _capture_would_wrap(self) -> bool:
+        """Capture never completes a whole buffer's worth of messages without the driver queuing
+        a new one in between: if the driver's period work has not run meanwhile (a busy guest),
+        its hardware pointer would move by exactly the buffer size, ALSA would see no progress
+        and arecord fails with EIO. A dropped period (an overrun) is the lesser harm."""
+        if self.playback:
+            return False
+        params = self.stream.effective_params
+        periods = params.buffer_bytes // params.period_bytes
+        return periods >= 2 and self._completed_since_submit >= periods - 1
 
     def _hold_last(self) -> None:
         if self._hold_timer is None:
@@ -232,7 +247,10 @@ class StreamIo:
         self._backend_call(lambda backend: backend.write(self._scaled(data)))
         iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency())
 
+    _completed_since_submit = 0
+
     def _record(self, msg: IoMessage) -> None:
+        self._completed_since_submit += 1
         data = self._backend_call(lambda backend: backend.read(msg.data_len))
         if data is None or len(data) != msg.data_len:
             data = iomsg.silence(self.stream.effective_params, msg.data_len)
