@@ -22,7 +22,7 @@ def rig():
     memory = GuestMemory.create([(0, 64 << 20)])
     loop = DeviceEventLoop("test-snd").start()
     irq = FakeInterrupt()
-    device = SoundDevice({})
+    device = SoundDevice({"backend": "null"})  # no WAV file in the current directory
     transport = MmioTransport(device, memory, loop, irq, name="test-snd")
     drv = MmioDriver(transport, memory, GuestAllocator(memory, 0x10_0000, 32 << 20))
     yield device, transport, drv, irq
