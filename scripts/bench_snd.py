@@ -10,7 +10,7 @@
   of a real VM costs extra).
 
 * ``--guest-seconds N``: the real guest driver (QEMU TCG + vhost-user, ``tests/qemu_harness.py``)
-  plays N seconds of 48 kHz stereo S16 with the real-time clock into a WAV; prints the
+  plays N seconds of 48 kHz stereo S16 (10 ms periods) with the real-time clock into a WAV; prints the
   guest's ``time aplay`` and the frames the host WAV received.
 
     python3 scripts/bench_snd.py [--seconds 5] [--fast-seconds 20] [--backend null] [--guest-seconds 0]
@@ -166,7 +166,8 @@ def guest_real_time(seconds: float) -> None:
     image = image_with_files(image, {"/test/bench.raw": audio}, work)
     with qemu_sound_guest({"backend.path": str(work / "out{stream}.wav"), "capture.backend": "null"},
                           image=image, qemu=qemu) as guest:
-        out = guest.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 /test/bench.raw",
+        out = guest.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 --period-size=480 "
+                                "--buffer-size=1920 /test/bench.raw",
                                 timeout=seconds * 3 + 60).output
     match = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
     wall = int(match.group(1)) * 60 + float(match.group(2)) if match else float("nan")
