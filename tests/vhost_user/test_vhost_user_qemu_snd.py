@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e_snd"))
-from snd_checks import (COMMAND_TIMEOUT, VCPUS, BackendLog, backend_trouble, bind, booted,  # noqa: E402
-                        bound_device, card_ids, dmesg_trouble, dump_hw_params, unbind)
+from snd_checks import (COMMAND_TIMEOUT, VCPUS, VIRTIO_SND_SYSFS, BackendLog, backend_trouble, bind,  # noqa: E402
+                        booted, bound_device, card_ids, dmesg_trouble, dump_hw_params, unbind)
 
 pytestmark = pytest.mark.qemu
 
@@ -186,6 +186,35 @@ def test_driver_rebind_resets_and_restarts_the_device_repeatedly(guest):
         assert not backend_trouble(started), f"cycle {cycle}:\n{started}"
         streams = guest.session.check("aplay -l", timeout=COMMAND_TIMEOUT)
         assert re.search(r"^card 0: .*device 0:", streams, re.M), f"cycle {cycle}: {streams}"
+
+
+def test_unbind_with_both_streams_running(guest):
+    """Hot removal mid-stream: both tools fail (card gone), the device is reset, rebinding brings it back."""
+    device = bound_device(guest)
+    log = BackendLog(guest)
+    log.start()
+    running = " && ".join(f"grep -q RUNNING /proc/asound/card0/{pcm}/sub0/status" for pcm in ("pcm0p", "pcm0c"))
+    result = guest.session.run(
+        "aplay -q -D hw:0,0 -d 5 -f S16_LE -r 48000 -c 2 -t raw /dev/zero 2>/tmp/aplay.err & playing=$!; "
+        "arecord -q -D hw:0,0 -d 5 -f S16_LE -r 48000 -c 2 -t raw /dev/null 2>/tmp/arecord.err & recording=$!; "
+        f"for i in $(seq 50); do {running} && break; sleep 0.1; done; "
+        f"echo {device} > {VIRTIO_SND_SYSFS}/unbind; cat /proc/asound/cards; "
+        "wait $playing; echo aplay status $?; wait $recording; echo arecord status $?; "
+        "cat /tmp/aplay.err /tmp/arecord.err",
+        timeout=COMMAND_TIMEOUT)
+    removed = log.since()
+    bound = bind(guest, device)
+    assert "no soundcards" in result.output, result.output
+    # cut off before their 5 s: EBADFD or ENODEV, depending on where the disconnect catches each tool
+    assert re.search(r"^aplay status [1-9]", result.output, re.M), result.output
+    assert re.search(r"^arecord status [1-9]", result.output, re.M), result.output
+    assert re.search(r"^aplay: pcm_write:.* write error: ", result.output, re.M), result.output
+    assert re.search(r"^arecord: pcm_read:.* read error: ", result.output, re.M), result.output
+    assert re.search(r"PCM_START stream=0 .*-> OK", removed) and re.search(r"PCM_START stream=1 .*-> OK", removed), \
+        removed
+    assert removed.count("virtio-snd: reset") == 1, removed
+    assert not backend_trouble(removed), removed
+    assert re.search(r"^\s*0 \[.*virtio", bound, re.M | re.I), bound
 
 
 def test_card_works_after_rebinding(guest):
