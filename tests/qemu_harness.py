@@ -144,8 +144,10 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
     log_path = workdir / "backend.log"
     session = None
     with open(log_path, "wb") as log_file:
+        # cwd: the device's default playback WAV lands in the work dir, not the caller's.
         backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity),
-                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                   cwd=workdir)
     try:
         _wait_for_socket(socket_path, backend, log_path)
         argv = qemu_argv(qemu, image, socket_path, smp, memory_mb, extra_cmdline)
