@@ -1,6 +1,5 @@
 """MmioTransport: register file, status state machine, notifications, interrupts, reset."""
 
-import logging
 import os
 import threading
 import time
