@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from snd_checks import (COMMAND_TIMEOUT, BackendLog, backend_trouble, booted, dmesg_trouble,  # noqa: E402
+from snd_checks import (COMMAND_TIMEOUT, BackendLog, backend_trouble, booted, dmesg_trouble,
                         dump_hw_params)
 
 pytestmark = pytest.mark.qemu

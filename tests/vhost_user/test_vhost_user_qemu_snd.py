@@ -146,10 +146,10 @@ def test_guest_parameters_reach_the_device(guest, tool, pcm, stream_id, alsa_for
     log = BackendLog(guest)
     log.start()
     target = "/dev/zero" if tool == "aplay" else "/dev/null"
-    hw_params = f"/proc/asound/card0/{pcm}/sub0/hw_params"
+    hw_params, status = (f"/proc/asound/card0/{pcm}/sub0/{name}" for name in ("hw_params", "status"))
     result = guest.session.run(
         f"{tool} -q -D hw:0,0 -d 1 -f {alsa_format} -r {rate} -c {channels} -t raw {target} & "
-        f"for i in $(seq 50); do grep -q closed {hw_params} || break; sleep 0.1; done; cat {hw_params}; wait $!",
+        f"for i in $(seq 50); do grep -q RUNNING {status} && break; sleep 0.1; done; cat {hw_params}; wait $!",
         timeout=COMMAND_TIMEOUT)
     assert result.status == 0, result.output
     guest_side = dict(line.split(": ", 1) for line in result.output.splitlines() if ": " in line)
