@@ -97,5 +97,8 @@ class MachineConfig:
             raise VmmError(f"--smp {self.vcpus} is out of range (1 to {MAX_VCPUS})")
         if self.boot_protocol not in ("auto", "pvh", "linux64"):
             raise VmmError(f"unknown boot protocol {self.boot_protocol!r} (auto, pvh, linux64)")
+        from pyvmm.arch.x86_64.cpuid import parse_cpu_spec
+
+        parse_cpu_spec(self.cpu_model)
         if len(self.cmdline.encode()) >= 2048:
             raise VmmError("kernel command line is longer than the 2047 bytes Linux accepts")
