@@ -60,3 +60,16 @@ def test_device_option_help():
     proc = _pyvmm("run", "--device", "virtio-snd,help")
     assert proc.returncode == 0, proc.stderr
     assert "backend" in proc.stdout and "playback" in proc.stdout
+
+
+def test_no_permission_on_kvm_is_one_line(monkeypatch):
+    """As root the real permission check cannot be provoked; the mapping from EACCES is what counts."""
+    import pyvmm.kvm.system as system
+    from pyvmm.errors import VmmError
+
+    def refuse(path, flags):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(system.os, "open", refuse)
+    with pytest.raises(VmmError, match=r"no permission to open /dev/kvm: add your user to the 'kvm' group"):
+        system.Kvm("/dev/kvm")
