@@ -43,6 +43,7 @@ class HostileRingMachine(RuleBasedStateMachine):
         self.rig = SndRig()
         self.answered: set[tuple[int, int]] = set()
         self.must_answer: list[tuple[int, int]] = []
+        self.disabled: set[int] = set()
 
     def teardown(self) -> None:
         self.rig.close()
@@ -54,6 +55,7 @@ class HostileRingMachine(RuleBasedStateMachine):
             dq.reserve(*range(GARBAGE_DESCRIPTORS))
         self.answered.clear()
         self.must_answer.clear()
+        self.disabled.clear()
 
     def _queue(self, index):
         return self.rig.drv.queues[index]
@@ -114,7 +116,8 @@ class HostileRingMachine(RuleBasedStateMachine):
         if len(dq.free) < len(readable) + len(writable):
             return
         head = dq.add(readable, writable)
-        self.must_answer.append((queue, head))
+        if queue not in self.disabled:
+            self.must_answer.append((queue, head))
         self.rig.drv.kick(queue)
 
     @precondition(lambda self: len(self.must_answer) < 40)
@@ -156,9 +159,19 @@ class HostileRingMachine(RuleBasedStateMachine):
             return
         h = dq.add(readable, writable)
         valid_stream = stream < 2 and (stream == 0) == tx  # the default card: 0 playback, 1 capture
-        if not valid_stream and header >= 4:
+        if not valid_stream and header >= 4 and queue not in self.disabled:
             self.must_answer.append((queue, h))  # a bad stream id is refused at once
         self.rig.drv.kick(queue)
+
+    @rule(queue=QUEUES, kick=st.booleans())
+    def disable_live_queue(self, queue, kick):
+        """Linux's vm_del_vq order on a live device: QueueReady=0 while the device may hold buffers."""
+        self.rig.drv.write32(C.MmioReg.QUEUE_SEL, queue)
+        self.rig.drv.write32(C.MmioReg.QUEUE_READY, 0)
+        self.disabled.add(queue)
+        self.must_answer = [m for m in self.must_answer if m[0] != queue]
+        if kick:
+            self.rig.drv.kick(queue)
 
     # -- recovery -----------------------------------------------------------------------------------
 
