@@ -84,10 +84,11 @@ def _device_specs(ctx, param, values):
 @click.option("--serial-log", type=click.Path(path_type=Path, dir_okay=False), help="Also write the guest console to this file.")
 @click.option("--timeout", type=float, help="Stop the VM after this many seconds (exit status 124).")
 @click.option("--stats", is_flag=True, help="Print run time and VM exits by reason when the VM stops.")
+@click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, stats, verbose, trace, command):
+        serial_log, timeout, stats, monitor_path, verbose, trace, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if kernel is None:
@@ -124,7 +125,42 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     config.validate()
     from pyvmm.vm import run_vm
 
-    sys.exit(run_vm(config, timeout=timeout, stats=stats))
+    sys.exit(run_vm(config, timeout=timeout, stats=stats, monitor_path=monitor_path))
+
+
+@main.command("monitor", context_settings={"ignore_unknown_options": True})
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def monitor_client(path, command):
+    """Talk to a VM's monitor socket: run COMMAND (e.g. 'info devices'), or read commands from stdin."""
+    from pyvmm.monitor import MonitorClient
+
+    with MonitorClient(path) as client:
+        if command:
+            ok, text = client.command(shlex.join(command) if len(command) > 1 else command[0])
+            if not ok:
+                raise VmmError(text)
+            if text:
+                click.echo(text)
+            return
+        interactive = sys.stdin.isatty()
+        while True:
+            try:
+                line = input("(pyvmm) ") if interactive else sys.stdin.readline()
+            except EOFError:
+                break
+            if not interactive and not line:
+                break
+            if not line.strip():
+                continue
+            ok, text = client.command(line)
+            if ok:
+                if text:
+                    click.echo(text)
+            else:
+                click.echo(f"error: {text}", err=True)
+            if ok and line.split()[0] == "quit":
+                break
 
 
 @main.group()

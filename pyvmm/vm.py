@@ -259,9 +259,23 @@ class Vm:
                 resource.close()
 
 
-def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False) -> int:
+def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False,
+           monitor_path: str | None = None) -> int:
     vm = Vm(config)
-    status = vm.run(timeout)
+    server = None
+    if monitor_path is not None:
+        from pyvmm.monitor import MonitorServer, vm_monitor
+
+        try:
+            server = MonitorServer(vm_monitor(vm), monitor_path).start()
+        except BaseException:
+            vm.shutdown()
+            raise
+    try:
+        status = vm.run(timeout)
+    finally:
+        if server is not None:
+            server.close()
     if stats:
         elapsed = time.monotonic() - vm.stats.started
         counts = ", ".join(f"{k}={v}" for k, v in sorted(vm.stats.exit_counts.items(), key=lambda kv: -kv[1]))

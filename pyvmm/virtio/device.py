@@ -81,3 +81,14 @@ class VirtioDevice(ABC):
 
     def close(self) -> None:
         """The VMM is exiting: flush and release host resources (files, audio devices)."""
+
+    def monitor_commands(self) -> dict[str, Callable[[list[str]], str]]:
+        """Device commands for the monitor (:mod:`pyvmm.monitor`), by name.
+
+        ``pyvmm run --monitor PATH`` then accepts ``NAME CMD ARGS...`` (``snd0 jack 0 disconnect``).
+        Each callable gets the words after its name, runs on the device event loop thread (device
+        state is safe to touch) and returns the reply text; raising ``ValueError``, ``LookupError``
+        or ``VmmError`` reports a one-line error (any other exception too, with its type). The
+        first docstring line of each callable is its ``NAME help`` line. Default: none.
+        """
+        return {}

@@ -1,0 +1,356 @@
+"""The monitor: a line-oriented text console on a unix socket to inspect and poke a running VM.
+
+Like QEMU's ``-monitor``, but small: ``pyvmm run --monitor PATH`` serves it, ``pyvmm monitor
+PATH [COMMAND...]`` (or ``socat - UNIX-CONNECT:PATH``) talks to it. Each command line gets
+zero or more lines of text and then exactly one terminator line, ``OK`` or ``ERROR: why``,
+so a client knows where a reply ends without a prompt. A body line that would read as a
+terminator is sent with a leading space.
+
+The monitor knows no device by name. Core commands work on any virtio device through its
+transport (status, features, queues, device-initiated reset); a device adds its own commands
+with :meth:`pyvmm.virtio.device.VirtioDevice.monitor_commands`, reached as ``NAME CMD ARGS``
+(``snd0 jack 0 disconnect``). Device commands run on the device event loop thread, so they
+may touch device state freely; whatever they raise is reported, never kills the VM.
+
+Several clients may connect at once (one thread each); commands are executed one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from pyvmm.errors import VmmError
+
+log = logging.getLogger(__name__)
+
+OK = "OK"
+ERROR_PREFIX = "ERROR: "
+DEVICE_CALL_TIMEOUT = 5.0
+"""Seconds a device command may take on the event loop before the monitor gives up on it."""
+
+
+class MonitorError(Exception):
+    """A command the monitor cannot carry out; its message is the ``ERROR:`` line."""
+
+
+@dataclass
+class MonitoredDevice:
+    """One virtio device as the monitor sees it: a short name, the device, its transport."""
+
+    name: str
+    device: Any
+    """A :class:`~pyvmm.virtio.device.VirtioDevice` (only ``monitor_commands`` is used)."""
+    transport: Any
+    """Anything with ``request_reset(reason)``; ``status``, ``driver_features``,
+    ``offered_features`` and ``queues`` are shown by ``info devices`` when present."""
+
+
+def device_names(type_names: Iterable[str]) -> list[str]:
+    """Short per-type numbered names: ``virtio-snd, virtio-snd, virtio-net`` -> ``snd0, snd1, net0``."""
+    counts: dict[str, int] = {}
+    names = []
+    for type_name in type_names:
+        base = type_name.removeprefix("virtio-").replace(",", "_") or "dev"
+        names.append(f"{base}{counts.get(base, 0)}")
+        counts[base] = counts.get(base, 0) + 1
+    return names
+
+
+class Monitor:
+    """Parses and executes monitor command lines against a VM (see the module docstring).
+
+    ``run_on_loop(fn, *args, timeout=...)`` runs ``fn`` on the device event loop and returns its
+    result (``DeviceEventLoop.call``); ``exit_counts()`` returns the VM exits by reason so far;
+    ``quit()`` asks the VM to stop.
+    """
+
+    def __init__(self, devices: list[MonitoredDevice], run_on_loop: Callable[..., Any],
+                 exit_counts: Callable[[], Mapping[str, int]], quit: Callable[[], None]):
+        self.devices = devices
+        self.run_on_loop = run_on_loop
+        self.exit_counts = exit_counts
+        self.quit = quit
+        self._lock = threading.Lock()
+        self._commands: dict[str, tuple[Callable[[list[str]], str], str]] = {
+            "help": (self._help, "help                 this text (NAME help: a device's commands)"),
+            "info": (self._info, "info devices|stats   devices and their queues / VM exits by reason"),
+            "device": (self._device, "device N reset       device-initiated reset (DEVICE_NEEDS_RESET)"),
+            "quit": (self._quit, "quit                 stop the VM (exit status 0)"),
+        }
+
+    # -- entry point ----------------------------------------------------------------------
+
+    def execute(self, line: str) -> tuple[bool, str]:
+        """Run one command line: (succeeded, reply text without the terminator)."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            return False, f"cannot parse the command: {exc}"
+        if not words:
+            return True, ""
+        with self._lock:
+            try:
+                return True, self._dispatch(words)
+            except (MonitorError, VmmError) as exc:
+                return False, str(exc)
+            except Exception as exc:
+                log.warning("monitor: %r failed", line, exc_info=True)
+                return False, f"{type(exc).__name__}: {exc}"
+
+    def _dispatch(self, words: list[str]) -> str:
+        name, args = words[0], words[1:]
+        if name in self._commands:
+            return self._commands[name][0](args)
+        for dev in self.devices:
+            if dev.name == name:
+                return self._device_command(dev, args)
+        raise MonitorError(f"unknown command {name!r} (try 'help')")
+
+    # -- core commands ----------------------------------------------------------------------
+
+    def _help(self, args: list[str]) -> str:
+        lines = [usage for _, usage in self._commands.values()]
+        for dev in self.devices:
+            if self._device_commands(dev):
+                lines.append(f"{dev.name} CMD ARGS...{' ' * max(1, 10 - len(dev.name))}"
+                             f"device commands ('{dev.name} help' lists them)")
+        return "\n".join(lines)
+
+    def _info(self, args: list[str]) -> str:
+        what = args[0] if args else ""
+        if what == "devices":
+            return "\n".join(self._describe_device(i, dev) for i, dev in enumerate(self.devices)) or "no devices"
+        if what == "stats":
+            counts = self.exit_counts()
+            total = sum(counts.values())
+            lines = [f"VM exits: {total}"]
+            lines += [f"  {name:<16} {count}" for name, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+            return "\n".join(lines)
+        raise MonitorError("usage: info devices|stats")
+
+    def _describe_device(self, index: int, dev: MonitoredDevice) -> str:
+        transport = dev.transport
+        head = f"{index}: {dev.name} ({type(dev.device).__name__}"
+        head += f", {getattr(transport, 'name', type(transport).__name__)})"
+        lines = [head]
+        status = getattr(transport, "status", None)
+        if status is not None:
+            lines.append(f"  status {_status_names(status)}")
+        offered, accepted = getattr(transport, "offered_features", None), getattr(transport, "driver_features", None)
+        if offered is not None or accepted is not None:
+            lines.append(f"  features offered {_hex(offered)}, negotiated {_hex(accepted)}")
+        for q in getattr(transport, "queues", []):
+            if getattr(q, "ready", False):
+                lines.append(f"  queue {q.index}: size {q.size}, next_avail {q.next_avail}, "
+                             f"next_used {q.next_used}{', BROKEN' if getattr(q, 'broken', False) else ''}")
+            else:
+                lines.append(f"  queue {q.index}: not ready")
+        return "\n".join(lines)
+
+    def _device(self, args: list[str]) -> str:
+        if len(args) != 2 or args[1] != "reset":
+            raise MonitorError("usage: device N reset")
+        dev = self._device_at(args[0])
+        dev.transport.request_reset("requested from the monitor")
+        return f"{dev.name}: DEVICE_NEEDS_RESET set, configuration interrupt raised"
+
+    def _quit(self, args: list[str]) -> str:
+        self.quit()
+        return "stopping the VM"
+
+    def _device_at(self, text: str) -> MonitoredDevice:
+        for dev in self.devices:
+            if text == dev.name:
+                return dev
+        try:
+            return self.devices[int(text)]
+        except (ValueError, IndexError):
+            raise MonitorError(f"no device {text!r} (see 'info devices')") from None
+
+    # -- device commands ----------------------------------------------------------------------
+
+    def _device_commands(self, dev: MonitoredDevice) -> dict[str, Callable[[list[str]], str]]:
+        hook = getattr(dev.device, "monitor_commands", None)
+        return dict(hook()) if hook is not None else {}
+
+    def _device_command(self, dev: MonitoredDevice, args: list[str]) -> str:
+        commands = self._device_commands(dev)
+        if not args or args[0] == "help":
+            if not commands:
+                return f"{dev.name} has no device commands"
+            return "\n".join(f"{dev.name} {_first_doc_line(name, fn)}" for name, fn in sorted(commands.items()))
+        fn = commands.get(args[0])
+        if fn is None:
+            raise MonitorError(f"{dev.name}: unknown command {args[0]!r} (try '{dev.name} help')")
+        try:
+            result = self.run_on_loop(fn, args[1:], timeout=DEVICE_CALL_TIMEOUT)
+        except TimeoutError:
+            raise MonitorError(f"{dev.name} {args[0]}: no answer from the device event loop "
+                               f"within {DEVICE_CALL_TIMEOUT:g} s") from None
+        except (MonitorError, VmmError, ValueError, LookupError) as exc:
+            raise MonitorError(f"{dev.name} {args[0]}: {exc}") from None
+        return "" if result is None else str(result)
+
+
+def _first_doc_line(name: str, fn: Callable) -> str:
+    doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+    return doc[0] if doc else name
+
+
+def _hex(value: int | None) -> str:
+    return "?" if value is None else f"{value:#x}"
+
+
+_STATUS_BITS = ((1, "ACKNOWLEDGE"), (2, "DRIVER"), (4, "DRIVER_OK"), (8, "FEATURES_OK"),
+                (64, "DEVICE_NEEDS_RESET"), (128, "FAILED"))
+
+
+def _status_names(status: int) -> str:
+    names = [name for bit, name in _STATUS_BITS if status & bit]
+    return f"{status:#x} ({' '.join(names) or 'reset'})"
+
+
+def format_reply(ok: bool, text: str) -> str:
+    """The wire form of a reply: body lines (terminator look-alikes escaped) then OK/ERROR."""
+    lines = []
+    for line in text.splitlines() if ok else []:
+        lines.append(" " + line if _is_terminator(line) else line)
+    message = " ".join(text.split()) if not ok else ""
+    lines.append(OK if ok else ERROR_PREFIX + (message or "failed"))
+    return "\n".join(lines) + "\n"
+
+
+def _is_terminator(line: str) -> bool:
+    return line == OK or line.startswith(ERROR_PREFIX)
+
+
+# -- the socket server ------------------------------------------------------------------------
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        monitor: Monitor = self.server.monitor  # type: ignore[attr-defined]
+        for raw in self.rfile:
+            line = raw.decode("utf-8", "replace").strip()
+            ok, text = monitor.execute(line)
+            try:
+                self.wfile.write(format_reply(ok, text).encode())
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class MonitorServer:
+    """Serves a :class:`Monitor` on a unix socket from a daemon thread; ``close()`` removes the socket."""
+
+    def __init__(self, monitor: Monitor, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and not _is_stale_socket(self.path):
+            raise VmmError(f"monitor socket {self.path} exists and is in use (or is not a socket)")
+        try:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            self._server = _Server(self.path, _Handler)
+        except OSError as exc:
+            raise VmmError(f"cannot listen on monitor socket {self.path}: {exc.strerror}") from None
+        self._server.monitor = monitor  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="pyvmm-monitor", daemon=True)
+
+    def start(self) -> MonitorServer:
+        self._thread.start()
+        log.info("monitor listening on %s", self.path)
+        return self
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _is_stale_socket(path: str) -> bool:
+    """A socket file nobody listens on (left by a killed VMM) may be replaced."""
+    import stat
+
+    if not stat.S_ISSOCK(os.stat(path).st_mode):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return True
+    return False
+
+
+def vm_monitor(vm) -> Monitor:
+    """A monitor on a running :class:`pyvmm.vm.Vm` (its transports, vCPUs, event loop)."""
+    names = device_names(spec.name for spec in vm.config.devices)
+    devices = [MonitoredDevice(name, t.device, t) for name, t in zip(names, vm.transports)]
+
+    def exit_counts() -> dict[str, int]:
+        # Each vCPU's counters are plain ints its thread increments; reading them from here
+        # gives a snapshot that may lag by a few exits, never a torn value (the GIL).
+        total: dict[str, int] = {}
+        for vcpu in vm.vcpus:
+            for name, count in vcpu.exit_counts.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
+    return Monitor(devices, vm.event_loop.call, exit_counts,
+                   quit=lambda: vm.request_stop(0, "quit from the monitor"))
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+class MonitorClient:
+    """One connection to a monitor socket: send a line, read its reply."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float | None = 30.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(os.fspath(path))
+        except OSError as exc:
+            self.sock.close()
+            raise VmmError(f"cannot connect to monitor {os.fspath(path)}: {exc.strerror or exc}") from None
+        self._file = self.sock.makefile("rwb")
+
+    def command(self, line: str) -> tuple[bool, str]:
+        """(succeeded, body text or the error message)."""
+        self._file.write(line.strip().encode() + b"\n")
+        self._file.flush()
+        body = []
+        for raw in self._file:
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            if text == OK:
+                return True, "\n".join(body)
+            if text.startswith(ERROR_PREFIX):
+                return False, text[len(ERROR_PREFIX):]
+            body.append(text[1:] if text.startswith(" ") and _is_terminator(text[1:]) else text)
+        raise VmmError("the monitor closed the connection (the VM has stopped)")
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
+
+    def __enter__(self) -> MonitorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
