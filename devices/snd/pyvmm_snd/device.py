@@ -15,7 +15,7 @@ from typing import Sequence
 from pyvmm.errors import VmmError
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
 
-from pyvmm_snd import hostaudio, iomsg, spec, topology
+from pyvmm_snd import hostaudio, iomsg, monitor, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.dataplane import PcmDataPlane
@@ -135,6 +135,10 @@ class SoundDevice(VirtioDevice):
             backend.close()
         for line in hostaudio.written_files(self.backends):
             print(f"pyvmm: {line}", file=sys.stderr)
+
+    def monitor_commands(self):
+        """``snd0 jack|xrun|ctl|fail|info ...`` in the monitor (see ``pyvmm_snd/monitor.py``)."""
+        return monitor.commands(self)
 
     # -- PCM I/O ------------------------------------------------------------------------------
 

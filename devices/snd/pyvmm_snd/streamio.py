@@ -68,6 +68,8 @@ class StreamIoStats:
     flushed: int = 0
     """Messages returned unplayed/unfilled by RELEASE."""
     backend_errors: int = 0
+    injected_errors: int = 0
+    """Messages completed with an injected error status (``fail_next``)."""
 
 
 class StreamIo:
@@ -92,6 +94,8 @@ class StreamIo:
         self._hold_timer = None
         """Fast clock: completes the last held message if no other one follows it."""
         self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
+        self._failures = 0
+        self._failure_status = Status.IO_ERR
 
     @property
     def playback(self) -> bool:
@@ -105,6 +109,16 @@ class StreamIo:
         self._cancel_hold()
         if self.clock is not None and self.stream.state == StreamState.STARTED:
             self.clock.notify()
+
+    def fail_next(self, count: int, status: Status) -> None:
+        """Error injection (the monitor's ``fail``): the next ``count`` messages the clock
+        consumes complete with ``status`` instead of OK, nothing played or recorded."""
+        self._failures = count
+        self._failure_status = status
+
+    @property
+    def failures_pending(self) -> int:
+        return self._failures
 
     def start(self) -> None:
         if self.clock is None:
@@ -240,7 +254,19 @@ class StreamIo:
             self._hold_timer.cancel()
             self._hold_timer = None
 
+    def _injected_failure(self, msg: IoMessage) -> bool:
+        if not self._failures:
+            return False
+        self._failures -= 1
+        self.stats.injected_errors += 1
+        log.info("stream %d: I/O message completed with injected %s (%d more to fail)",
+                 self.stream.id, self._failure_status.name, self._failures)
+        iomsg.complete(self.ctx, msg, self._failure_status, latency_bytes=self._latency())
+        return True
+
     def _play(self, msg: IoMessage) -> None:
+        if self._injected_failure(msg):
+            return
         reader = msg.chain.reader()
         reader.skip(iomsg.XFER_SIZE)
         data = reader.read(msg.data_len)
@@ -251,6 +277,8 @@ class StreamIo:
 
     def _record(self, msg: IoMessage) -> None:
         self._completed_since_submit += 1
+        if self._injected_failure(msg):
+            return
         data = self._backend_call(lambda backend: backend.read(msg.data_len))
         if data is None or len(data) != msg.data_len:
             data = iomsg.silence(self.stream.effective_params, msg.data_len)

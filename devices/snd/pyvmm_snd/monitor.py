@@ -1,0 +1,110 @@
+"""Monitor commands of the sound device (``snd0 jack 0 disconnect``, ``snd0 fail 0 3 io_err``, ...).
+
+Fault injection for driver debugging: host-side jack and control changes, xrun events,
+I/O messages completed with an error status. Every command runs on the device event loop
+(see :meth:`pyvmm.virtio.device.VirtioDevice.monitor_commands`); a bad argument raises
+ValueError, which the monitor reports as a one-line error.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from pyvmm_snd.spec import PcmFeature, Status
+from pyvmm_snd.stream import StreamState
+
+if TYPE_CHECKING:
+    from pyvmm_snd.device import SoundDevice
+
+FAIL_STATUSES = {"io_err": Status.IO_ERR, "bad_msg": Status.BAD_MSG}
+
+
+def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
+    """The command table for ``device``."""
+
+    def jack(args: list[str]) -> str:
+        """jack ID connect|disconnect   plug/unplug a jack (JACK_CONNECTED/DISCONNECTED event)"""
+        if len(args) != 2 or args[1] not in ("connect", "disconnect"):
+            raise ValueError("usage: jack ID connect|disconnect")
+        jack_id = _number(args[0], "jack id")
+        connected = args[1] == "connect"
+        was = device.jack_connected[jack_id] if 0 <= jack_id < len(device.jack_connected) else None
+        device.set_jack(jack_id, connected)
+        if was == connected:
+            return f"jack {jack_id} already {args[1]}ed: no event sent"
+        return f"jack {jack_id} {args[1]}ed" + ("" if device.ctx is not None else " (driver not active: no event)")
+
+    def xrun(args: list[str]) -> str:
+        """xrun STREAM                  send a PCM_XRUN event (only if the stream negotiated EVT_XRUNS)"""
+        if len(args) != 1:
+            raise ValueError("usage: xrun STREAM")
+        stream = _stream(device, args[0])
+        params = stream.params
+        if params is None or not params.wants(PcmFeature.EVT_XRUNS):
+            return f"not sent: stream {stream.id} did not negotiate EVT_XRUNS"
+        if stream.state != StreamState.STARTED:
+            return f"not sent: stream {stream.id} is {stream.state.value}, not started"
+        device.report_xrun(stream.id)
+        return f"XRUN event sent for stream {stream.id}"
+
+    def ctl(args: list[str]) -> str:
+        """ctl ID VALUE...              set a control from the host (CTL_NOTIFY event if negotiated)"""
+        if len(args) < 2:
+            raise ValueError("usage: ctl ID VALUE...")
+        control_id = _number(args[0], "control id")
+        values = [_number(word, "value") for word in args[1:]]
+        device.set_control(control_id, values)
+        notified = device.control_plane.ctls_negotiated
+        return f"control {control_id} = {device.controls.value(control_id)}" + (
+            "" if notified else " (VIRTIO_SND_F_CTLS not negotiated: no event)")
+
+    def fail(args: list[str]) -> str:
+        """fail STREAM N [io_err|bad_msg]  complete the stream's next N I/O messages with that status"""
+        if len(args) not in (2, 3):
+            raise ValueError("usage: fail STREAM N [io_err|bad_msg]")
+        stream = _stream(device, args[0])
+        count = _number(args[1], "count")
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        name = args[2] if len(args) == 3 else "io_err"
+        if name not in FAIL_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(FAIL_STATUSES)}")
+        if device.dataplane is None:
+            raise ValueError("the driver has not activated the device")
+        device.dataplane.io[stream.id].fail_next(count, FAIL_STATUSES[name])
+        return f"stream {stream.id}: next {count} I/O messages complete with {FAIL_STATUSES[name].name}"
+
+    def info(args: list[str]) -> str:
+        """info                         streams: state, parameters, queued messages, xruns, back end"""
+        lines = [f"driver {'active' if device.ctx is not None else 'not active'}, "
+                 f"back end {device.backend}, clock {device.host_audio.clock}"]
+        for stream in device.streams:
+            params = stream.params
+            line = (f"stream {stream.id} {stream.direction.name.lower()}: {stream.state.value}, "
+                    f"{params if params is not None else 'no parameters'}, queued {len(stream.pending)}")
+            if params is not None:
+                line += f", xrun events {'on' if params.wants(PcmFeature.EVT_XRUNS) else 'off'}"
+            if device.dataplane is not None:
+                io = device.dataplane.io[stream.id]
+                line += (f", periods {io.stats.periods}, xruns {io.stats.xruns}, "
+                         f"injected errors {io.stats.injected_errors} ({io.failures_pending} pending)")
+            lines.append(line)
+        for jack_id, connected in enumerate(device.jack_connected):
+            lines.append(f"jack {jack_id}: {'connected' if connected else 'disconnected'}")
+        return "\n".join(lines)
+
+    return {"jack": jack, "xrun": xrun, "ctl": ctl, "fail": fail, "info": info}
+
+
+def _number(text: str, what: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, not {text!r}") from None
+
+
+def _stream(device: SoundDevice, text: str):
+    stream_id = _number(text, "stream id")
+    if not 0 <= stream_id < len(device.streams):
+        raise ValueError(f"stream {stream_id} does not exist ({len(device.streams)} streams)")
+    return device.streams[stream_id]
