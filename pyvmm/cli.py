@@ -186,9 +186,10 @@ def guest_build(debug, force):
 @click.argument("device")
 @click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False), help="Unix socket to listen on.")
 @click.option("--once", is_flag=True, help="Exit when the first front end disconnects.")
+@click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
 @_verbosity_options
 @click.argument("options", nargs=-1)
-def vhost_user(device, socket_path, once, verbose, trace, options):
+def vhost_user(device, socket_path, once, monitor_path, verbose, trace, options):
     """Serve DEVICE (e.g. snd or virtio-snd) as a vhost-user back end; OPTIONS are key=value device options."""
     pyvmm_log.setup(verbose, trace)
     from pyvmm import plugins
@@ -197,7 +198,7 @@ def vhost_user(device, socket_path, once, verbose, trace, options):
     spec = DeviceSpec.parse(",".join([device, *options]))
     if spec.name not in plugins.available_devices() and f"virtio-{spec.name}" in plugins.available_devices():
         spec = DeviceSpec(f"virtio-{spec.name}", spec.options)
-    serve(plugins.create_device(spec), socket_path, once=once)
+    serve(plugins.create_device(spec), socket_path, once=once, monitor_path=monitor_path, device_name=spec.name)
 
 
 if __name__ == "__main__":

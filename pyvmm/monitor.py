@@ -67,12 +67,13 @@ class Monitor:
     """Parses and executes monitor command lines against a VM (see the module docstring).
 
     ``run_on_loop(fn, *args, timeout=...)`` runs ``fn`` on the device event loop and returns its
-    result (``DeviceEventLoop.call``); ``exit_counts()`` returns the VM exits by reason so far;
-    ``quit()`` asks the VM to stop.
+    result (``DeviceEventLoop.call``); ``exit_counts()`` returns the VM exits by reason so far
+    (None: no vCPUs in this process, e.g. a vhost-user back end); ``quit()`` asks the VM (or the
+    back end) to stop.
     """
 
     def __init__(self, devices: list[MonitoredDevice], run_on_loop: Callable[..., Any],
-                 exit_counts: Callable[[], Mapping[str, int]], quit: Callable[[], None]):
+                 exit_counts: Callable[[], Mapping[str, int]] | None, quit: Callable[[], None]):
         self.devices = devices
         self.run_on_loop = run_on_loop
         self.exit_counts = exit_counts
@@ -128,6 +129,8 @@ class Monitor:
         if what == "devices":
             return "\n".join(self._describe_device(i, dev) for i, dev in enumerate(self.devices)) or "no devices"
         if what == "stats":
+            if self.exit_counts is None:
+                raise MonitorError("no VM exit statistics here: the vCPUs run in the front end")
             counts = self.exit_counts()
             total = sum(counts.values())
             lines = [f"VM exits: {total}"]
@@ -313,6 +316,47 @@ def vm_monitor(vm) -> Monitor:
 
     return Monitor(devices, vm.event_loop.call, exit_counts,
                    quit=lambda: vm.request_stop(0, "quit from the monitor"))
+
+
+class VhostUserTransportView:
+    """A vhost-user back end seen as a transport: status, features and rings from the front
+    end's last messages; a device-initiated reset goes through the running device's context."""
+
+    def __init__(self, backend, run_on_loop: Callable[..., Any], name: str = "vhost-user"):
+        self.backend = backend
+        self.run_on_loop = run_on_loop
+        self.name = name
+
+    @property
+    def status(self) -> int:
+        return self.backend.status
+
+    @property
+    def offered_features(self) -> int:
+        return self.backend.offered_features
+
+    @property
+    def driver_features(self) -> int:
+        return self.backend.features
+
+    @property
+    def queues(self) -> list:
+        context = self.backend.runner.context
+        return list(context.queues) if context is not None else []
+
+    def request_reset(self, reason: str) -> None:
+        context = self.backend.runner.context
+        if context is None:
+            raise MonitorError("the device is not running (no front end has started it)")
+        self.run_on_loop(context.request_reset, reason, timeout=DEVICE_CALL_TIMEOUT)
+
+
+def vhost_user_monitor(device, type_name: str, backend, run_on_loop: Callable[..., Any],
+                       quit: Callable[[], None]) -> Monitor:
+    """A monitor on a vhost-user back end serving ``device`` (``pyvmm vhost-user ... --monitor``)."""
+    [name] = device_names([type_name])
+    transport = VhostUserTransportView(backend, run_on_loop)
+    return Monitor([MonitoredDevice(name, device, transport)], run_on_loop, None, quit)
 
 
 # -- the client ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from pyvmm.guest.session import GuestSession, SessionError
 
@@ -63,11 +63,12 @@ def guest_and_qemu(image=None, qemu: list[str] | None = None):
     return image, qemu
 
 
-def backend_argv(socket_path: str, device_options: Mapping[str, str], verbosity: int = 1) -> list[str]:
+def backend_argv(socket_path: str, device_options: Mapping[str, str], verbosity: int = 1,
+                 extra_args: Sequence[str] = ()) -> list[str]:
     options = [f"{key}={value}" for key, value in device_options.items()]
     return [sys.executable, "-m", "pyvmm", "vhost-user", "virtio-snd", "--socket", socket_path,
             *(["-" + "v" * min(verbosity, 2)] if verbosity else []), *(["--trace"] if verbosity > 2 else []),
-            *options]
+            *extra_args, *options]
 
 
 def qemu_argv(qemu: list[str], image, socket_path: str, smp: int = 1, memory_mb: int = 256,
@@ -126,7 +127,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int = 1, memory_mb: int = 256,
                      boot_timeout: float = DEFAULT_BOOT_TIMEOUT, extra_cmdline: str = "",
                      keep_dir: bool = False, backend_verbosity: int = 1, image=None,
-                     qemu: list[str] | None = None) -> Iterator[SoundGuest]:
+                     qemu: list[str] | None = None, backend_args: Sequence[str] = ()) -> Iterator[SoundGuest]:
     """A booted guest with a shell session and the vhost-user sound back end behind QEMU.
 
     Raises :class:`HarnessUnavailable` when QEMU or the guest image cannot be had, and
@@ -134,7 +135,8 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
     log) when the boot fails. ``keep_dir`` leaves the socket directory and log behind;
     ``backend_verbosity`` 2 logs every vhost-user message (DEBUG), 3 every kick and call.
     ``image`` (a :class:`~pyvmm.guestimage.GuestImage`) and ``qemu`` (an argv prefix) default
-    to ``build_default_guest()`` and ``ensure_qemu()``.
+    to ``build_default_guest()`` and ``ensure_qemu()``; ``backend_args`` are extra options of
+    ``pyvmm vhost-user`` (e.g. ``--monitor PATH``).
     """
     image, qemu = guest_and_qemu(image, qemu)
     workdir = Path(tempfile.mkdtemp(prefix="pyvmm-vhost-snd-"))
@@ -143,7 +145,7 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
     session = None
     with open(log_path, "wb") as log_file:
         # cwd: the device's default playback WAV lands in the work dir, not the caller's.
-        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity),
+        backend = subprocess.Popen(backend_argv(socket_path, device_options or {}, backend_verbosity, backend_args),
                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                    cwd=workdir)
     try:

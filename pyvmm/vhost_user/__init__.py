@@ -22,12 +22,15 @@ __all__ = ["serve", "VhostUserBackend", "VhostUserServer"]
 log = logging.getLogger(__name__)
 
 
-def serve(device: VirtioDevice, socket_path: str, once: bool = False) -> None:
+def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_path: str | None = None,
+          device_name: str = "device") -> None:
     """Serve ``device`` on ``socket_path`` until SIGTERM/SIGINT (or, with ``once``, until the
-    first front end disconnects); then stop the device and ``close()`` it."""
+    first front end disconnects); then stop the device and ``close()`` it. With ``monitor_path``,
+    also serve the monitor (:mod:`pyvmm.monitor`) there; its ``quit`` stops the back end."""
     events = DeviceEventLoop("vhost-user").start()
     server = VhostUserServer(device, socket_path, events, once=once)
     previous: dict[int, object] = {}
+    monitor_server = None
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("%s: shutting down", signal.Signals(signum).name)
@@ -38,9 +41,16 @@ def serve(device: VirtioDevice, socket_path: str, once: bool = False) -> None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 previous[sig] = signal.signal(sig, on_signal)
         server.start()
+        if monitor_path is not None:
+            from pyvmm.monitor import MonitorServer, vhost_user_monitor
+
+            monitor = vhost_user_monitor(device, device_name, server.backend, events.call, server.finished.set)
+            monitor_server = MonitorServer(monitor, monitor_path).start()
         while not server.finished.wait(0.5):
             pass
     finally:
+        if monitor_server is not None:
+            monitor_server.close()
         try:
             server.stop()
         finally:

@@ -191,3 +191,27 @@ def test_server_refuses_a_live_socket_and_replaces_a_stale_one(vm, tmp_path):
 def test_client_on_a_missing_socket_is_a_one_line_error(tmp_path):
     with pytest.raises(VmmError, match="cannot connect to monitor"):
         MonitorClient(tmp_path / "absent.sock")
+
+
+def test_vhost_user_monitor_before_a_front_end_starts_the_device():
+    from pyvmm.vhost_user.backend import VhostUserBackend
+    from pyvmm.monitor import vhost_user_monitor
+
+    loop = DeviceEventLoop("vhost-user-test").start()
+    try:
+        device = FakeDevice()
+        device.queue_max_sizes = (8, 8)
+        device.device_features = lambda: 0
+        quits = []
+        monitor = vhost_user_monitor(device, "virtio-snd", VhostUserBackend(device, loop.loop), loop.call,
+                                     lambda: quits.append(1))
+        ok, text = monitor.execute("info devices")
+        assert ok and text.startswith("0: snd0 (FakeDevice, vhost-user)") and "status 0x0 (reset)" in text
+        ok, text = monitor.execute("device 0 reset")
+        assert not ok and "not running" in text
+        ok, text = monitor.execute("info stats")
+        assert not ok and "front end" in text
+        assert monitor.execute("snd0 poke 3") == (True, "poked 3")
+        assert monitor.execute("quit")[0] and quits == [1]
+    finally:
+        loop.stop()
