@@ -43,7 +43,9 @@ class HostileRingMachine(RuleBasedStateMachine):
         self.rig = SndRig()
         self.answered: set[tuple[int, int]] = set()
         self.must_answer: list[tuple[int, int]] = []
-        self.disabled: set[int] = set()
+        self.unwatched: set[int] = set()
+        """Queues whose chains the device may legitimately never see: disabled, or the driver
+        moved avail idx so far (or backwards) that its later entries are not where the device looks."""
 
     def teardown(self) -> None:
         self.rig.close()
@@ -55,7 +57,7 @@ class HostileRingMachine(RuleBasedStateMachine):
             dq.reserve(*range(GARBAGE_DESCRIPTORS))
         self.answered.clear()
         self.must_answer.clear()
-        self.disabled.clear()
+        self.unwatched.clear()
 
     def _queue(self, index):
         return self.rig.drv.queues[index]
@@ -90,6 +92,8 @@ class HostileRingMachine(RuleBasedStateMachine):
         for i, head in enumerate(slots):
             dq.memory.write_u16(dq.avail_ring + 4 + 2 * ((dq.avail_idx + i) % dq.size), head)
         dq.set_avail_idx(dq.avail_idx + jump)
+        if jump > dq.size:
+            self._unwatch(queue)
 
     @rule(queue=QUEUES, used_event=st.integers(0, 0xFFFF), avail_flags=st.integers(0, 0xFFFF),
           avail_event=st.integers(0, 0xFFFF), used_flags=st.integers(0, 0xFFFF))
@@ -116,7 +120,7 @@ class HostileRingMachine(RuleBasedStateMachine):
         if len(dq.free) < len(readable) + len(writable):
             return
         head = dq.add(readable, writable)
-        if queue not in self.disabled:
+        if queue not in self.unwatched:
             self.must_answer.append((queue, head))
         self.rig.drv.kick(queue)
 
@@ -159,7 +163,7 @@ class HostileRingMachine(RuleBasedStateMachine):
             return
         h = dq.add(readable, writable)
         valid_stream = stream < 2 and (stream == 0) == tx  # the default card: 0 playback, 1 capture
-        if not valid_stream and header >= 4 and queue not in self.disabled:
+        if not valid_stream and header >= 4 and queue not in self.unwatched:
             self.must_answer.append((queue, h))  # a bad stream id is refused at once
         self.rig.drv.kick(queue)
 
@@ -168,10 +172,13 @@ class HostileRingMachine(RuleBasedStateMachine):
         """Linux's vm_del_vq order on a live device: QueueReady=0 while the device may hold buffers."""
         self.rig.drv.write32(C.MmioReg.QUEUE_SEL, queue)
         self.rig.drv.write32(C.MmioReg.QUEUE_READY, 0)
-        self.disabled.add(queue)
-        self.must_answer = [m for m in self.must_answer if m[0] != queue]
+        self._unwatch(queue)
         if kick:
             self.rig.drv.kick(queue)
+
+    def _unwatch(self, queue):
+        self.unwatched.add(queue)
+        self.must_answer = [m for m in self.must_answer if m[0] != queue]
 
     # -- recovery -----------------------------------------------------------------------------------
 
