@@ -59,7 +59,10 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
             "" if notified else " (VIRTIO_SND_F_CTLS not negotiated: no event)")
 
     def fail(args: list[str]) -> str:
-        """fail STREAM N [io_err|bad_msg]  complete the stream's next N I/O messages with that status"""
+        """fail STREAM N [io_err|bad_msg]  complete the stream's next N I/O messages with that status
+
+        Counted on messages the period clock consumes (RELEASE flushes stay OK); ``N`` = 0
+        cancels; a device reset by the driver forgets what is left."""
         if len(args) not in (2, 3):
             raise ValueError("usage: fail STREAM N [io_err|bad_msg]")
         stream = _stream(device, args[0])
