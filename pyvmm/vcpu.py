@@ -11,11 +11,18 @@ returns with EINTR and a thread about to enter it returns at once (no lost wake-
 signal needs a (no-op) Python handler, installed from the main thread by
 :func:`install_kick_handler` (``Vcpu.start`` does it when called on the main thread).
 
+Pausing (a debugger's stop, a monitor's ``stop``): :meth:`Vcpu.pause` kicks the thread the
+same way and parks it outside ``KVM_RUN`` until :meth:`Vcpu.resume`; while parked, any thread
+may read and write the vCPU's registers (the kernel's vCPU mutex is free). Pause requests
+made before :meth:`Vcpu.start` take effect before the first ``KVM_RUN`` (QEMU's ``-S``).
+The device event loop is not paused: device clocks keep running, like real hardware.
+
 Usage::
 
     vcpu = Vcpu(vm.create_vcpu(0), pio_bus, mmio_bus, memory=guest_memory)
     vcpu.start()
     stop = vcpu.wait(timeout=10)      # VcpuStop or None
+    vcpu.pause(); vcpu.resume()       # park outside KVM_RUN / run on
     vcpu.stop()                       # request + join
     vcpu.exit_counts                  # {"IO": 1234, "MMIO": 56, ...}
 """
@@ -176,6 +183,10 @@ class Vcpu:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_ident: int | None = None
+        # Pause state, guarded by _control: requested by pause(), honoured by the loop (_park).
+        self._control = threading.Condition()
+        self._pause_requested = False
+        self._paused = False
 
     # -- control ----------------------------------------------------------------------
 
@@ -189,20 +200,90 @@ class Vcpu:
         self._stop_requested = False
         self._result = None
         self._done.clear()
-        self.fd.immediate_exit = False
+        self.fd.immediate_exit = self._pause_requested  # a pause requested before start holds
         self._thread = threading.Thread(target=self._thread_main, name=f"vcpu{self.id}", daemon=True)
         self._thread.start()
 
     def request_stop(self) -> None:
-        """Ask the loop to end (from any thread, including the vCPU's own); does not wait."""
-        self._stop_requested = True
-        self.fd.immediate_exit = True
+        """Ask the loop to end (from any thread, including the vCPU's own); does not wait.
+
+        A paused vCPU ends too (it leaves its parking place without running the guest).
+        """
+        with self._control:
+            self._stop_requested = True
+            self.fd.immediate_exit = True
+            self._control.notify_all()
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make a ``KVM_RUN`` in progress on the vCPU thread return (EINTR); no-op on that thread."""
         ident = self._thread_ident
         if ident is not None and ident != threading.get_ident():
             try:
                 signal.pthread_kill(ident, KICK_SIGNAL)
             except (ProcessLookupError, OSError):
                 pass  # the thread has just ended
+
+    def pause(self, timeout: float | None = 5.0) -> bool:
+        """Park the vCPU outside ``KVM_RUN`` (from any thread) and wait until it is parked.
+
+        Returns True once it is parked (or its loop has ended: nothing runs either way),
+        False on timeout. ``timeout=0`` only requests the pause, which is the way to pause
+        from the vCPU's own thread (e.g. in ``on_debug``): it parks when the hook returns.
+        Idempotent: pausing a paused vCPU returns True at once.
+        """
+        self.request_pause()
+        if timeout == 0:
+            return self.is_paused
+        return self.wait_paused(timeout)
+
+    def request_pause(self) -> None:
+        """Ask the vCPU to park; does not wait (see :meth:`pause`)."""
+        with self._control:
+            self._pause_requested = True
+            self.fd.immediate_exit = True
+        self._kick()
+
+    def wait_paused(self, timeout: float | None = 5.0) -> bool:
+        """Wait until a requested pause has taken effect (or the loop has ended)."""
+        with self._control:
+            return self._control.wait_for(self._parked_or_gone, timeout)
+
+    def _parked_or_gone(self) -> bool:
+        return self._paused or self._done.is_set() or (self._thread is None and self._pause_requested)
+
+    def resume(self) -> None:
+        """Let a paused vCPU (or one whose pause is still pending) run the guest again."""
+        with self._control:
+            self._pause_requested = False
+            if not self._stop_requested:
+                self.fd.immediate_exit = False
+            self._control.notify_all()
+
+    @property
+    def is_paused(self) -> bool:
+        """True while the vCPU thread is parked (not before start: see ``pause_requested``)."""
+        return self._paused
+
+    @property
+    def pause_requested(self) -> bool:
+        return self._pause_requested
+
+    def _park(self) -> None:
+        """On the vCPU thread: wait outside KVM_RUN until resumed or stopped."""
+        with self._control:
+            if not self._pause_requested:
+                return
+            self._paused = True
+            self._control.notify_all()
+            log.debug("vcpu%d paused", self.id)
+            while self._pause_requested and not self._stop_requested:
+                self._control.wait()
+            self._paused = False
+            if not self._stop_requested:
+                self.fd.immediate_exit = False
+            self._control.notify_all()
+        log.debug("vcpu%d resumed", self.id)
 
     def stop(self, timeout: float | None = 5.0) -> VcpuStop | None:
         """Request a stop and join the thread; returns the stop reason."""
@@ -243,6 +324,8 @@ class Vcpu:
         finally:
             self._thread_ident = None
         self._finish(result)
+        with self._control:
+            self._control.notify_all()  # wake wait_paused() callers: nothing runs any more
 
     def _finish(self, result: VcpuStop) -> None:
         self._result = result
@@ -265,6 +348,9 @@ class Vcpu:
         IO, MMIO, INTR = ExitReason.IO.value, ExitReason.MMIO.value, ExitReason.INTR.value
 
         while not self._stop_requested:
+            if self._pause_requested:
+                self._park()
+                continue
             if ioctl(*run_args) < 0:
                 reason = fd.run_failed()  # INTR when interrupted, else raises KvmError
             else:

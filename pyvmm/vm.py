@@ -204,6 +204,24 @@ class Vm:
         else:
             self.request_stop(EXIT_ERROR, f"vcpu{vcpu.id}: {stop.message}", error=stop.is_error)
 
+    # -- pausing (gdb stub, monitor) -------------------------------------------------
+
+    def pause(self, timeout: float | None = 5.0) -> bool:
+        """Park every vCPU outside KVM_RUN; True once all are parked (devices keep running)."""
+        for vcpu in self.vcpus:
+            vcpu.request_pause()
+        return all(vcpu.wait_paused(timeout) for vcpu in self.vcpus)
+
+    def resume(self) -> None:
+        """Let every vCPU run again."""
+        for vcpu in self.vcpus:
+            vcpu.resume()
+
+    @property
+    def paused(self) -> bool:
+        """True while every vCPU is parked or has a pause pending (e.g. before the first run)."""
+        return bool(self.vcpus) and all(vcpu.pause_requested for vcpu in self.vcpus)
+
     # -- running --------------------------------------------------------------------
 
     def run(self, timeout: float | None = None) -> int:
