@@ -12,21 +12,27 @@ with :meth:`pyvmm.virtio.device.VirtioDevice.monitor_commands`, reached as ``NAM
 (``snd0 jack 0 disconnect``). Device commands run on the device event loop thread, so they
 may touch device state freely; whatever they raise is reported, never kills the VM.
 
-Several clients may connect at once (one thread each); commands are executed one at a time.
+Several clients may connect at once (one thread each, at most :data:`MAX_CLIENTS`); commands
+are executed one at a time. The socket is private (0600) and a line is at most :data:`MAX_LINE`
+bytes, so a local client cannot take more than a bounded share of the VMM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import shlex
 import socket
-import socketserver
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from pyvmm.errors import VmmError
+from pyvmm.unixsocket import listen_unix
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ OK = "OK"
 ERROR_PREFIX = "ERROR: "
 DEVICE_CALL_TIMEOUT = 5.0
 """Seconds a device command may take on the event loop before the monitor gives up on it."""
+MAX_LINE = 4096
+"""Longest command line in bytes, without its newline (QEMU's readline buffer is 4 KiB)."""
+MAX_CLIENTS = 8
+"""Clients served at once (one thread each); more are told so and disconnected."""
 
 
 class MonitorError(Exception):
@@ -173,9 +183,12 @@ class Monitor:
             if text == dev.name:
                 return dev
         try:
-            return self.devices[int(text)]
-        except (ValueError, IndexError):
-            raise MonitorError(f"no device {text!r} (see 'info devices')") from None
+            index = int(text)
+        except ValueError:
+            index = -1
+        if not 0 <= index < len(self.devices):
+            raise MonitorError(f"no device {text!r} (see 'info devices')")
+        return self.devices[index]
 
     # -- device commands ----------------------------------------------------------------------
 
@@ -237,39 +250,27 @@ def _is_terminator(line: str) -> bool:
 # -- the socket server ------------------------------------------------------------------------
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        monitor: Monitor = self.server.monitor  # type: ignore[attr-defined]
-        for raw in self.rfile:
-            line = raw.decode("utf-8", "replace").strip()
-            ok, text = monitor.execute(line)
-            try:
-                self.wfile.write(format_reply(ok, text).encode())
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                return
-
-
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+SEND_TIMEOUT = 10.0
+"""Seconds a reply may wait for a client that does not read; then the client is dropped."""
 
 
 class MonitorServer:
-    """Serves a :class:`Monitor` on a unix socket from a daemon thread; ``close()`` removes the socket."""
+    """Serves a :class:`Monitor` on a private (0600) unix socket; ``close()`` removes the socket.
 
-    def __init__(self, monitor: Monitor, path: str | os.PathLike):
+    What a local client can cost is bounded: at most :data:`MAX_CLIENTS` connections (one
+    thread each, plus the accepting thread), lines of at most :data:`MAX_LINE` bytes (longer
+    ones are read in chunks, discarded and answered with an error), replies that wait at most
+    :data:`SEND_TIMEOUT` for a client that does not read them."""
+
+    def __init__(self, monitor: Monitor, path: str | os.PathLike, max_clients: int = MAX_CLIENTS):
+        self.monitor = monitor
         self.path = os.fspath(path)
-        if os.path.exists(self.path) and not _is_stale_socket(self.path):
-            raise VmmError(f"monitor socket {self.path} exists and is in use (or is not a socket)")
-        try:
-            if os.path.exists(self.path):
-                os.unlink(self.path)
-            self._server = _Server(self.path, _Handler)
-        except OSError as exc:
-            raise VmmError(f"cannot listen on monitor socket {self.path}: {exc.strerror}") from None
-        self._server.monitor = monitor  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="pyvmm-monitor", daemon=True)
+        self.max_clients = max_clients
+        self._listener = listen_unix(self.path, backlog=max_clients, what="monitor socket")
+        self._clients: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="pyvmm-monitor", daemon=True)
 
     def start(self) -> MonitorServer:
         self._thread.start()
@@ -277,27 +278,85 @@ class MonitorServer:
         return self
 
     def close(self) -> None:
+        self._closing.set()
         if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
+            self._thread.join(5.0)
+        self._listener.close()
+        with self._lock:
+            clients = list(self._clients)
+        for sock in clients:  # wakes their threads, which then close them
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
 
+    def _accept_loop(self) -> None:
+        while not self._closing.is_set():
+            if not select.select([self._listener], [], [], 0.2)[0]:
+                continue
+            try:
+                sock, _ = self._listener.accept()
+            except OSError as exc:  # e.g. out of file descriptors: the client may retry
+                log.warning("monitor: cannot accept a client: %s", exc)
+                time.sleep(0.2)
+                continue
+            with self._lock:
+                admitted = len(self._clients) < self.max_clients
+                if admitted:
+                    self._clients.add(sock)
+            if not admitted:
+                log.warning("monitor: refused a client: already %d connected", self.max_clients)
+                self._refuse(sock)
+                continue
+            threading.Thread(target=self._serve_client, args=(sock,), name="pyvmm-monitor-client",
+                             daemon=True).start()
 
-def _is_stale_socket(path: str) -> bool:
-    """A socket file nobody listens on (left by a killed VMM) may be replaced."""
-    import stat
+    def _refuse(self, sock: socket.socket) -> None:
+        with sock:
+            _set_send_timeout(sock, 1.0)
+            with contextlib.suppress(OSError):
+                sock.sendall(format_reply(False, f"too many monitor clients (at most {self.max_clients})").encode())
 
-    if not stat.S_ISSOCK(os.stat(path).st_mode):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+    def _serve_client(self, sock: socket.socket) -> None:
         try:
-            probe.connect(path)
+            _set_send_timeout(sock, SEND_TIMEOUT)
+            with sock.makefile("rb") as rfile:
+                while not self._closing.is_set():
+                    raw = rfile.readline(MAX_LINE + 1)
+                    if not raw:
+                        return
+                    if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                        if not _discard_line(rfile):
+                            return
+                        ok, text = False, f"line longer than {MAX_LINE} bytes (ignored)"
+                    else:
+                        ok, text = self.monitor.execute(raw.decode("utf-8", "replace").strip())
+                    sock.sendall(format_reply(ok, text).encode())
         except OSError:
+            pass  # the client went away, stopped reading, or the server is closing
+        finally:
+            with self._lock:
+                self._clients.discard(sock)
+            sock.close()
+
+
+def _discard_line(rfile) -> bool:
+    """Skip to the end of an overlong line in bounded chunks; False at end of input."""
+    while True:
+        chunk = rfile.readline(65536)
+        if not chunk:
+            return False
+        if chunk.endswith(b"\n"):
             return True
-    return False
+
+
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound sends only: reads stay blocking, so an idle interactive client is not dropped."""
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    struct.pack("ll", whole, int((seconds - whole) * 1_000_000)))
 
 
 def vm_monitor(vm) -> Monitor:

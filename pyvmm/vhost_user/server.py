@@ -7,61 +7,24 @@ listens again, unless the server was started with ``once``.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import socket
-import stat
 import threading
 
-from pyvmm.errors import VmmError
 from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.unixsocket import listen_unix
 from pyvmm.vhost_user.backend import VhostUserBackend
 from pyvmm.vhost_user.connection import Connection
 from pyvmm.virtio.device import VirtioDevice
 
 log = logging.getLogger(__name__)
 
+
 def bind_unix_listener(path: str) -> socket.socket:
-    """Listen on ``path``, replacing a stale socket file but never a live one or another file."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise VmmError(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise VmmError(f"cannot probe {path}: {exc}") from None
-            os.unlink(path)
-        else:
-            raise VmmError(f"{path} is in use by another back end")
-        finally:
-            probe.close()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind under a temporary name and rename once listening, so the path never exists
-    # while connecting to it would be refused (front ends poll for it, then connect once).
-    staging = f"{path}.{os.getpid()}"
-    try:
-        try:
-            listener.bind(staging)
-        except OSError:
-            staging = path  # e.g. the longer name exceeds sun_path
-            listener.bind(path)
-        listener.listen(1)
-        if staging != path:
-            os.rename(staging, path)
-    except OSError as exc:
-        listener.close()
-        if staging != path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staging)
-        raise VmmError(f"cannot listen on {path}: {exc}") from None
+    """Listen on ``path`` (mode 0600), replacing a stale socket file but never a live one or
+    another file."""
+    listener = listen_unix(path, backlog=1, what="vhost-user socket")
     listener.setblocking(False)
     return listener
 
