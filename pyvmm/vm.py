@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from pyvmm import plugins
+from pyvmm import guest_log, plugins
 from pyvmm.arch.x86_64 import layout
 from pyvmm.arch.x86_64.boot import load_kernel, setup_boot
 from pyvmm.arch.x86_64.cpuid import parse_cpu_spec, vcpu_cpuid
@@ -268,6 +268,7 @@ class Vm:
             transport.close()
         if self.event_loop is not None:
             self.event_loop.stop()
+        guest_log.log_summary()
         for irq in self._irqfds:
             irq.close()
         for vcpu in self.vcpus:

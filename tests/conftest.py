@@ -38,3 +38,12 @@ def guest_image():
 
     return build_default_guest(progress=lambda msg: print(f"pyvmm: {msg}", file=sys.stderr))
 
+
+
+@pytest.fixture(autouse=True)
+def _fresh_guest_error_log():
+    """Each test is a new VM lifetime for the guest-error rate limiter (pyvmm.guest_log)."""
+    from pyvmm import guest_log
+
+    guest_log.reset()
+    yield

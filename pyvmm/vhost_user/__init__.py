@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 
+from pyvmm import guest_log
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.vhost_user.backend import VhostUserBackend
 from pyvmm.vhost_user.server import VhostUserServer
@@ -58,5 +59,6 @@ def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_pa
                 device.close()
             finally:
                 events.stop()
+                guest_log.log_summary()
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)

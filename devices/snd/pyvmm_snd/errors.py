@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from pyvmm.guest_log import guest_error
 from pyvmm_snd.spec import Status
 
 
@@ -24,19 +25,11 @@ def not_supp(message: str) -> RequestError:
 
 
 class GuestWarnings:
-    """WARNING lines about guest misbehaviour, bounded so a looping guest cannot flood the log:
-    the first ``limit`` go out at WARNING, later ones at DEBUG."""
+    """Report guest misbehaviour on ``logger`` through the VMM's one guest-error limiter
+    (:mod:`pyvmm.guest_log`: per-kind and overall rates, per VM lifetime, summary at exit)."""
 
-    def __init__(self, logger: logging.Logger, limit: int = 50):
+    def __init__(self, logger: logging.Logger):
         self.logger = logger
-        self.limit = limit
-        self.count = 0
 
     def __call__(self, message: str, *args) -> None:
-        self.count += 1
-        if self.count <= self.limit:
-            self.logger.warning(message, *args)
-            if self.count == self.limit:
-                self.logger.warning("%d guest errors reported; further ones are logged at DEBUG", self.limit)
-        else:
-            self.logger.debug(message, *args)
+        guest_error(self.logger, message, *args)
