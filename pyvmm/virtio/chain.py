@@ -65,13 +65,15 @@ class _Segments:
 class DescriptorChain:
     """One driver request: the head index plus its readable and writable guest buffers."""
 
-    __slots__ = ("head", "readable", "writable", "descriptors", "epoch", "_r", "_w")
+    __slots__ = ("head", "readable", "writable", "descriptors", "epoch", "returned", "_r", "_w")
 
     def __init__(self, head: int, readable: list[np.ndarray], writable: list[np.ndarray],
                  descriptors: list[tuple[int, int, int]] | None = None, epoch: int = 0):
         self.head = head
         self.epoch = epoch
         """The queue's reset count when the chain was popped: completing it after a reset is a no-op."""
+        self.returned = False
+        """Given back to the queue (used, or popped back); the queue counts it in flight until then."""
         self.readable = readable
         """Zero-copy uint8 views of the device-readable buffers, in chain order."""
         self.writable = writable

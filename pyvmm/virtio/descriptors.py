@@ -25,6 +25,7 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import constants as C
 from pyvmm.virtio.chain import DescriptorChain
+from pyvmm.virtio.faults import QueueFault as F
 
 _DESC = struct.Struct("<QIHH")
 _U64 = 1 << 64
@@ -32,7 +33,14 @@ _MAX_CHAIN_BYTES = (1 << 32) - 1
 
 
 class ChainError(ValueError):
-    """A malformed descriptor chain (:meth:`SplitQueue.pop` logs it and returns the chain unused)."""
+    """A malformed descriptor chain (:meth:`SplitQueue.pop` logs it and returns the chain unused).
+
+    ``kind`` names the rule broken (:class:`~pyvmm.virtio.faults.QueueFault`); the message
+    says where and with which values."""
+
+    def __init__(self, kind: F, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]:
@@ -72,31 +80,34 @@ def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, he
     where = "descriptor"
     while True:
         if index in visited:
-            raise ChainError(f"{where} {index} visited twice (loop)")
+            raise ChainError(F.DESCRIPTOR_LOOP, f"{where} {index} visited twice (loop)")
         visited.add(index)
         budget -= 1
         if budget < 0:
-            raise ChainError(f"chain longer than the queue size {queue_size}")
+            raise ChainError(F.CHAIN_TOO_LONG, f"chain longer than the queue size {queue_size}")
         addr, length, flags, nxt = _DESC.unpack_from(table, index * C.DESC_SIZE)
         if flags & C.VIRTQ_DESC_F_INDIRECT:
             if in_indirect:
-                raise ChainError(f"{where} {index} is a nested indirect descriptor")
+                raise ChainError(F.INDIRECT_NESTED, f"{where} {index} is a nested indirect descriptor")
             if not indirect_ok:
-                raise ChainError(f"{where} {index} is indirect but RING_INDIRECT_DESC was not negotiated")
+                raise ChainError(F.INDIRECT_NOT_NEGOTIATED,
+                                 f"{where} {index} is indirect but RING_INDIRECT_DESC was not negotiated")
             if flags & C.VIRTQ_DESC_F_NEXT:
-                raise ChainError(f"indirect descriptor {index} also has the NEXT flag")
+                raise ChainError(F.INDIRECT_WITH_NEXT, f"indirect descriptor {index} also has the NEXT flag")
             if length == 0 or length % C.DESC_SIZE:
-                raise ChainError(f"indirect table length {length} is not a non-zero multiple of 16")
+                raise ChainError(F.INDIRECT_BAD_LENGTH,
+                                 f"indirect table length {length} is not a non-zero multiple of 16")
             table_len = length // C.DESC_SIZE
             if table_len > budget + 1:
-                raise ChainError(f"indirect table of {table_len} descriptors makes the chain longer "
-                                 f"than the queue size {queue_size}")
+                raise ChainError(F.CHAIN_TOO_LONG, f"indirect table of {table_len} descriptors makes the "
+                                                   f"chain longer than the queue size {queue_size}")
             try:
                 table = memory.read(addr, length) if addr + length <= _U64 else None
             except GuestMemoryError:
                 table = None
             if table is None:
-                raise ChainError(f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
+                raise ChainError(F.INDIRECT_OUTSIDE_RAM,
+                                 f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
             budget += 1  # the indirect descriptor itself carries no buffer
             in_indirect = True
             where = "indirect descriptor"
@@ -107,21 +118,22 @@ def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, he
         if writable_desc:
             seen_writable = True
         elif seen_writable:
-            raise ChainError(f"readable {where} {index} follows a writable one")
+            raise ChainError(F.READABLE_AFTER_WRITABLE, f"readable {where} {index} follows a writable one")
         if length:
             try:
                 views = guest_views(memory, addr, length)
             except GuestMemoryError as e:
-                raise ChainError(f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
+                raise ChainError(F.BUFFER_OUTSIDE_RAM,
+                                 f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
             totals[writable_desc] += length
             if totals[writable_desc] > _MAX_CHAIN_BYTES:
-                raise ChainError("total buffer length exceeds 2^32-1 bytes")
+                raise ChainError(F.CHAIN_TOO_BIG, "total buffer length exceeds 2^32-1 bytes")
             (writable if writable_desc else readable).extend(views)
             descriptors.append((addr, length, flags))
         if not flags & C.VIRTQ_DESC_F_NEXT:
             break
         if nxt >= table_len:
-            raise ChainError(f"{where} {index}: next index {nxt} >= "
+            raise ChainError(F.NEXT_OUT_OF_RANGE, f"{where} {index}: next index {nxt} >= "
                              f"{'table length' if in_indirect else 'queue size'} {table_len}")
         index = nxt
     return DescriptorChain(head, readable, writable, descriptors, epoch)

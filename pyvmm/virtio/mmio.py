@@ -7,6 +7,18 @@ notifications (from the QueueNotify register or, faster, from per-queue ioeventf
 signals without leaving the guest), activation on DRIVER_OK and reset on Status=0 (these two
 wait, so the driver reads back a status that matches the device).
 
+Ordering: the loop runs what it is handed in order, so a reset is always done before anything
+the driver does after it, even when the loop was too busy to finish it within the vCPU's
+wait (:data:`_LOOP_TIMEOUT`). For that to hold, loop-side work never reads the registers
+as they are *when it runs*: each driver reset starts a new *configuration* (fresh
+:class:`SplitQueue` objects the driver programs from then on), an activation carries the
+queues and features of the DRIVER_OK write that asked for it, a reset the queues it retires,
+and a late completion or reset request from an older configuration is dropped.
+
+Bounds: QueueNotify writes are coalesced per queue (at most one pending hand-over each, like
+an eventfd), and each notification serves at most a queue's size of chains before the loop
+moves on (:meth:`SplitQueue.begin_turn`); the rest is served in a later loop turn.
+
 Feature negotiation: the device's bits plus VERSION_1 (required), RING_INDIRECT_DESC and
 RING_EVENT_IDX. FEATURES_OK only sticks if the driver accepted VERSION_1 and nothing that was
 not offered; otherwise the driver reads it back clear and gives up, as the spec intends.
@@ -20,6 +32,7 @@ import threading
 from typing import Protocol
 
 from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.guest_log import guest_error
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import constants as C
 from pyvmm.virtio.constants import MmioReg as R
@@ -28,9 +41,6 @@ from pyvmm.virtio.device import DeviceContext, VirtioDevice
 from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
 
 log = logging.getLogger(__name__)
-
-_GUEST_ERROR_REPORTS = 20
-"""Driver mistakes reported at WARNING per transport; later ones go to DEBUG (no log flood)."""
 
 _LOOP_TIMEOUT = 10.0
 """Bound on how long a vCPU waits for the device to activate or reset."""
@@ -63,8 +73,8 @@ class MmioTransport:
         self.loop = loop
         self.interrupt = interrupt
         self.name = name or f"virtio-mmio({type(device).__name__})"
-        self.queues = [SplitQueue(memory, n, i, name=f"{self.name} queue {i}")
-                       for i, n in enumerate(device.queue_max_sizes)]
+        self.queues = self._new_queues()
+        """The current configuration's queues (replaced by a fresh list at each driver reset)."""
         transport_bits = C.bit(C.VERSION_1)
         if event_idx:
             transport_bits |= C.bit(C.RING_EVENT_IDX)
@@ -74,18 +84,22 @@ class MmioTransport:
         self._lock = threading.Lock()
         self._transition_lock = threading.Lock()
         self._eventfds: list[int] = []
-        self._guest_errors = 0
+        self._notify_pending: set[int] = set()
         self.kicks = [0] * len(self.queues)
         """Notifications delivered to the device, per queue (register writes and ioeventfds)."""
         self.interrupts = 0
         """Interrupts raised (used-buffer and configuration)."""
         self.config_generation = 0
         self._reset_registers()
-        self._active = False  # loop thread only
+        self._active: list[SplitQueue] | None = None  # loop thread only: the activated queues
         self._kicked_early: set[int] = set()  # loop thread only
 
     def __repr__(self) -> str:
         return f"MmioTransport({self.name}, status={self.status:#x}, features={self.driver_features:#x})"
+
+    def _new_queues(self) -> list[SplitQueue]:
+        return [SplitQueue(self.memory, n, i, name=f"{self.name} queue {i}")
+                for i, n in enumerate(self.device.queue_max_sizes)]
 
     def _reset_registers(self) -> None:
         self.status = 0
@@ -192,7 +206,7 @@ class MmioTransport:
         if offset == R.STATUS:
             self._write_status(value)
         elif offset == R.QUEUE_NOTIFY:
-            self.loop.call_soon(self._on_notify, value & 0xFFFF)
+            self._write_queue_notify(value & 0xFFFF)
         elif offset == R.INTERRUPT_ACK:
             with self._lock:
                 self.interrupt_status &= ~value
@@ -221,7 +235,7 @@ class MmioTransport:
         sel = self._driver_features_sel
         if sel >= 2:
             if value:
-                log.warning("%s: driver accepts features %#x in unknown word %d", self.name, value, sel)
+                self._guest_error("driver accepts features %#x in unknown word %d", value, sel)
             return
         shift = 32 * sel
         self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
@@ -309,61 +323,74 @@ class MmioTransport:
         elif not features & C.bit(C.VERSION_1):
             problem = "driver did not accept VERSION_1 (legacy drivers are not supported)"
         if problem:
-            log.warning("%s: FEATURES_OK refused: %s", self.name, problem)
+            self._guest_error("FEATURES_OK refused: %s", problem)
             return False
         log.debug("%s: features negotiated: %#x", self.name, features)
         return True
 
     def _activate(self) -> None:
-        try:
-            self.loop.call(self._activate_on_loop, timeout=_LOOP_TIMEOUT)
-        except Exception as e:
-            log.error("%s: device activation failed: %s", self.name, e, exc_info=True)
-            self.request_reset(f"activation failed: {e}")
+        with self._lock:
+            queues, features = self.queues, self.driver_features
+        self._wait_for_loop("activation", self._activate_on_loop, queues, features)
 
-    def _activate_on_loop(self) -> None:
-        for q in self.queues:
-            q.signal_used = lambda i=q.index: self._signal_used(i)
-            q.request_reset = self.request_reset
+    def _wait_for_loop(self, what: str, fn, *args) -> None:
+        """Run ``fn`` on the loop and wait for it, at most :data:`_LOOP_TIMEOUT` seconds. On
+        timeout it still runs, in order, later: the driver just does not wait for it."""
+        if not self.loop.running:
+            fn(*args)  # VM not started yet, or shutting down
+            return
+        try:
+            self.loop.call(fn, *args, timeout=_LOOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s: device %s still waiting for the device loop after %.0f s; it will "
+                        "run before anything the driver does next", self.name, what, _LOOP_TIMEOUT)
+
+    def _activate_on_loop(self, queues: list[SplitQueue], features: int) -> None:
+        if queues is not self.queues:
+            log.debug("%s: activation of a configuration the driver has reset since: skipped", self.name)
+            return
+        for q in queues:
+            q.signal_used = lambda i=q.index: self._signal_used(queues, i)
+            q.request_reset = lambda reason: self._request_reset_for(queues, reason)
         ctx = DeviceContext(
             memory=self.memory,
-            queues=self.queues,
-            features=self.driver_features,
+            queues=queues,
+            features=features,
             loop=self.loop.loop,
-            signal_used=self._signal_used,
-            signal_config=self.signal_config,
-            request_reset=self.request_reset,
+            signal_used=lambda i: self._signal_used(queues, i),
+            signal_config=lambda: self._signal_config_for(queues),
+            request_reset=lambda reason: self._request_reset_for(queues, reason),
         )
-        self.device.activate(ctx)
-        self._active = True
-        log.info("%s: activated (features %#x, queues %s)", self.name, self.driver_features,
-                 ", ".join(f"{q.index}:{q.size if q.ready else 'off'}" for q in self.queues))
+        try:
+            self.device.activate(ctx)
+        except Exception as e:
+            log.error("%s: device activation failed: %s", self.name, e, exc_info=True)
+            self._request_reset_for(queues, f"activation failed: {e}")
+            return
+        self._active = queues
+        log.info("%s: activated (features %#x, queues %s)", self.name, features,
+                 ", ".join(f"{q.index}:{q.size if q.ready else 'off'}" for q in queues))
         early, self._kicked_early = self._kicked_early, set()
         for i in sorted(early):  # buffers made available before DRIVER_OK
             self._on_notify(i)
 
     def _driver_reset(self) -> None:
-        if self.loop.running:
-            try:
-                self.loop.call(self._reset_on_loop, timeout=_LOOP_TIMEOUT)
-            except Exception as e:
-                log.error("%s: device reset failed: %s", self.name, e, exc_info=True)
-        else:
-            self._reset_on_loop()
         with self._lock:
+            retired, self.queues = self.queues, self._new_queues()
             self._reset_registers()
+        self._wait_for_loop("reset", self._reset_on_loop, retired)
         log.debug("%s: reset by the driver", self.name)
 
-    def _reset_on_loop(self) -> None:
-        was_active, self._active = self._active, False
+    def _reset_on_loop(self, retired: list[SplitQueue]) -> None:
+        was_active, self._active = self._active is not None, None
         self._kicked_early.clear()
         if was_active:
             try:
                 self.device.reset()
             except Exception:
                 log.exception("%s: device reset raised", self.name)
-        for q in self.queues:
-            q.reset()
+        for q in retired:
+            q.reset()  # chains the device still holds complete into nothing
 
     # -- notifications (loop thread) --------------------------------------------------------
 
@@ -374,19 +401,44 @@ class MmioTransport:
             return
         self._on_notify(index)
 
-    def _on_notify(self, index: int) -> None:
+    def _write_queue_notify(self, index: int) -> None:
+        """vCPU thread: hand the notification to the loop, at most one pending per queue."""
         if index >= len(self.queues):
             self._guest_error("notify for queue %d, the device has %d", index, len(self.queues))
             return
-        if not self._active:
+        with self._lock:
+            if index in self._notify_pending:
+                return
+            self._notify_pending.add(index)
+        self.loop.call_soon(self._on_notify_register, index)
+
+    def _on_notify_register(self, index: int) -> None:
+        with self._lock:
+            self._notify_pending.discard(index)
+        self._on_notify(index)
+
+    def _on_notify(self, index: int) -> None:
+        if self._active is None:
             if self.status & Status.DRIVER:
                 self._kicked_early.add(index)
             return
         self.kicks[index] += 1
+        self._serve(self._active[index])
+
+    def _serve(self, queue: SplitQueue) -> None:
+        """One turn of the device on ``queue``; if it stopped on the turn budget with work
+        left, the loop comes back to it after whatever else is waiting."""
+        if self._active is None or queue is not self._active[queue.index]:
+            return  # reset since this was scheduled
+        queue.begin_turn()
         try:
-            self.device.queue_notify(index)
+            self.device.queue_notify(queue.index)
         except Exception:
-            log.exception("%s: queue_notify(%d) raised", self.name, index)
+            log.exception("%s: queue_notify(%d) raised", self.name, queue.index)
+        finally:
+            more = queue.end_turn()
+        if more:
+            self.loop.loop.call_soon(self._serve, queue)
 
     # -- interrupts (any thread) ------------------------------------------------------------
 
@@ -396,9 +448,21 @@ class MmioTransport:
             self.interrupts += 1
         self.interrupt.trigger()
 
-    def _signal_used(self, index: int) -> None:
-        if 0 <= index < len(self.queues) and self.queues[index].needs_notification():
+    def _signal_used(self, queues: list[SplitQueue], index: int) -> None:
+        if queues is not self.queues:
+            return  # a late completion from before a reset
+        if 0 <= index < len(queues) and queues[index].needs_notification():
             self._raise(C.MMIO_INT_VRING)
+
+    def _signal_config_for(self, queues: list[SplitQueue]) -> None:
+        if queues is self.queues:
+            self.signal_config()
+
+    def _request_reset_for(self, queues: list[SplitQueue], reason: str) -> None:
+        if queues is self.queues:
+            self.request_reset(reason)
+        else:
+            log.debug("%s: reset request from before a driver reset dropped: %s", self.name, reason)
 
     def signal_config(self) -> None:
         with self._lock:
@@ -406,19 +470,18 @@ class MmioTransport:
         self._raise(C.MMIO_INT_CONFIG)
 
     def request_reset(self, reason: str) -> None:
-        """Device-initiated reset (spec 2.1.2): DEVICE_NEEDS_RESET plus a config interrupt."""
-        log.warning("%s: device needs reset: %s", self.name, reason)
+        """Device-initiated reset (spec 2.1.2): DEVICE_NEEDS_RESET plus a config interrupt.
+
+        Logged as a guest error: it is nearly always the driver's doing (a broken ring), and a
+        driver can make it happen after every reset."""
+        self._guest_error("device needs reset: %s", reason)
         with self._lock:
             self.status |= int(Status.DEVICE_NEEDS_RESET)
         self._raise(C.MMIO_INT_CONFIG)
 
 
     def _guest_error(self, message: str, *args: object) -> None:
-        self._guest_errors += 1
-        level = logging.WARNING if self._guest_errors <= _GUEST_ERROR_REPORTS else logging.DEBUG
-        log.log(level, "%s: " + message, self.name, *args)
-        if self._guest_errors == _GUEST_ERROR_REPORTS:
-            log.warning("%s: further driver errors are logged at DEBUG", self.name)
+        guest_error(log, "%s: " + message, self.name, *args)
 
 
 def _reg_name(offset: int) -> str:

@@ -1,18 +1,26 @@
 """The device side of a split virtqueue (virtio spec 2.7): avail ring in, used ring out.
 
-Every value the driver wrote is distrusted. What happens to bad input:
+Every value the driver wrote is distrusted; each failure has a name
+(:class:`~pyvmm.virtio.faults.QueueFault`) and is reported in one place, :meth:`SplitQueue._fault`
+(a rate-limited guest-error line, :mod:`pyvmm.guest_log`, and the ``on_fault`` hook):
 
 * Ring layout (size, addresses, alignment, RAM) is checked by :meth:`SplitQueue.enable`,
   which raises :class:`InvalidQueueError`; the transport logs it and refuses the queue.
 * A *malformed chain* (any rule of :mod:`pyvmm.virtio.descriptors` broken: index out of
   range, loop, readable after writable, bad indirect table, buffer outside RAM, length
-  overflow, indirect not negotiated) is logged as one WARNING line naming the queue and
-  head, returned to the used ring with length 0 (so the driver gets its descriptors back
-  and sees an empty answer) and skipped: :meth:`pop` carries on with the next chain. The
-  device never sees it.
-* A *broken ring* (avail idx more than the queue size ahead, a head index >= size) cannot be
-  answered through the ring: the queue stops (``broken``) and calls ``request_reset`` so the
-  transport sets DEVICE_NEEDS_RESET.
+  overflow, indirect not negotiated) is returned to the used ring with length 0 (so the
+  driver gets its descriptors back and sees an empty answer) and skipped: :meth:`pop`
+  carries on with the next chain. The device never sees it.
+* A *broken ring* (avail idx more than the queue size ahead, a head index >= size, more
+  chains in flight than the queue size) cannot be answered through the ring: the queue
+  stops (``broken``) and calls ``request_reset`` so the transport sets DEVICE_NEEDS_RESET.
+
+Bounds: a chain has at most ``size`` descriptors (:mod:`~pyvmm.virtio.descriptors`), the device
+holds at most ``size`` chains (``in_flight``: a driver cannot make the device hold more by
+re-publishing heads it has not got back, which QEMU refuses the same way), and inside one
+front-end *turn* (:meth:`begin_turn`/:meth:`end_turn`) :meth:`pop` takes at most ``size``
+chains, so a driver refilling the ring as fast as the device empties it cannot keep the
+device loop in one queue forever: the front end serves the rest in a later loop turn.
 
 Memory ordering (x86-64, TSO): ring index fields are read and written through aligned numpy
 uint16/uint32 views, i.e. single loads/stores that cannot tear. The avail idx is read before
@@ -31,20 +39,20 @@ from typing import Callable
 import numpy as np
 
 from pyvmm.errors import GuestMemoryError
+from pyvmm.guest_log import guest_error
+from pyvmm.log import TRACE
 from pyvmm.memory import GuestMemory
 from pyvmm.virtio import constants as C
 from pyvmm.virtio.chain import ChainReader, ChainWriter, DescriptorChain, ShortChainError
 from pyvmm.virtio.descriptors import ChainError, guest_views, parse_chain
+from pyvmm.virtio.faults import QueueFault
 
 __all__ = [
     "SplitQueue", "DescriptorChain", "ChainReader", "ChainWriter", "ShortChainError",
-    "InvalidQueueError", "ChainError", "full_barrier", "need_event", "guest_views",
+    "InvalidQueueError", "ChainError", "QueueFault", "full_barrier", "need_event", "guest_views",
 ]
 
 log = logging.getLogger(__name__)
-
-_WARNINGS_PER_QUEUE = 20
-TRACE = 5
 
 _barrier_lock = threading.Lock()
 
@@ -65,7 +73,9 @@ class InvalidQueueError(ValueError):
 
 
 class _BrokenRing(Exception):
-    pass
+    def __init__(self, kind: QueueFault, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class SplitQueue:
@@ -84,6 +94,8 @@ class SplitQueue:
         """Called after :meth:`pop` returned a malformed chain to the used ring (the transport signals)."""
         self.request_reset: Callable[[str], None] | None = None
         """Called when the ring itself is broken (the transport sets DEVICE_NEEDS_RESET)."""
+        self.on_fault: Callable[[SplitQueue, QueueFault, str], None] | None = None
+        """Called for every driver error found on this queue (tracers, spec checkers)."""
         self.epoch = 0
         self.reset()
 
@@ -106,9 +118,12 @@ class SplitQueue:
         self.event_idx = False
         self.indirect = False
         self.broken = False
+        self.in_flight = 0
+        """Chains :meth:`pop` returned that the device has not given back (:meth:`add_used`)."""
+        self._turn_left: int | None = None
+        self._turn_exhausted = False
         self._signalled_used = 0
         self._signalled_valid = False
-        self._warnings = 0
         self._desc: np.ndarray | None = None
         self._avail: np.ndarray | None = None
         self._used16: np.ndarray | None = None
@@ -203,13 +218,15 @@ class SplitQueue:
         return self.avail_idx() != self.next_avail
 
     def pop(self) -> DescriptorChain | None:
-        """The next valid chain, or None when the ring is empty (or not ready, or broken).
+        """The next valid chain, or None when the ring is empty (or not ready, or broken, or
+        this turn's budget is spent: see :meth:`begin_turn`).
 
         With EVENT_IDX, avail_event follows ``next_avail`` (as QEMU does), so the driver kicks
         when it adds a buffer after those the device has taken; an empty ring re-checks after
         re-arming. A device that stops popping before the ring is empty gets no kick for
         buffers added meanwhile and must come back on its own (timer). Malformed chains are
-        returned to the driver and skipped (see module doc).
+        returned to the driver and skipped (see module doc). The chain counts in
+        :attr:`in_flight` until :meth:`add_used` (or :meth:`undo_pop`) gives it back.
         """
         while True:
             if not self.ready or self.broken:
@@ -219,78 +236,117 @@ class SplitQueue:
                 if not self.event_idx or not self.enable_notification():
                     return None
                 continue
+            if self._turn_left is not None:
+                if self._turn_left <= 0:
+                    self._turn_exhausted = True
+                    return None
+                self._turn_left -= 1
             try:
                 head = self._next_head(avail_idx)
             except _BrokenRing as e:
-                self._break(str(e))
+                self._fault(e.kind, str(e))
                 return None
             if self.event_idx:
                 self.set_avail_event(self.next_avail)
             try:
                 chain = parse_chain(self.memory, self._desc, self.size, head, self.indirect, self.epoch)
             except ChainError as e:
-                self._warn(f"chain head {head}: {e}; returned to the driver with length 0")
+                self._fault(e.kind, f"chain head {head}: {e}; returned to the driver with length 0")
                 self._put_used(head, 0)
                 if self.signal_used is not None:
                     self.signal_used()
                 continue
+            self.in_flight += 1
             if log.isEnabledFor(TRACE):
                 log.log(TRACE, "virtio %s: pop %r: %s", self.name, chain,
                         " ".join(f"{a:#x}+{n}{'w' if f & C.VIRTQ_DESC_F_WRITE else 'r'}"
                                  for a, n, f in chain.descriptors))
             return chain
 
-    def undo_pop(self) -> None:
-        """Put the last popped chain back (a device that cannot handle it yet)."""
+    def undo_pop(self, chain: DescriptorChain) -> None:
+        """Put ``chain``, the last one popped, back on the avail side (a device that cannot
+        handle it yet); :meth:`pop` returns it again."""
+        if chain.epoch != self.epoch or chain.returned:
+            raise ValueError(f"{self.name}: chain {chain.head} is not held by the device")
+        chain.returned = True
+        self.in_flight -= 1
         self.next_avail = (self.next_avail - 1) & 0xFFFF
 
     def _next_head(self, avail_idx: int) -> int:
         pending = (avail_idx - self.next_avail) & 0xFFFF
         if pending > self.size:
-            raise _BrokenRing(f"avail idx {avail_idx} is {pending} ahead of {self.next_avail}, "
+            raise _BrokenRing(QueueFault.AVAIL_IDX_JUMP,
+                              f"avail idx {avail_idx} is {pending} ahead of {self.next_avail}, "
                               f"more than the queue size {self.size}")
+        if self.in_flight >= self.size:
+            # a driver cannot have more buffers available than descriptors it owns: these
+            # are heads the device still holds, published again (spec 2.7.13.3)
+            raise _BrokenRing(QueueFault.IN_FLIGHT_EXCEEDED,
+                              f"virtqueue size exceeded: {pending} more chains available while the "
+                              f"device holds {self.in_flight} of {self.size}")
         head = int(self._avail[2 + self.next_avail % self.size])
         if head >= self.size:
-            raise _BrokenRing(f"avail ring entry {self.next_avail % self.size} names head {head} "
+            raise _BrokenRing(QueueFault.HEAD_OUT_OF_RANGE,
+                              f"avail ring entry {self.next_avail % self.size} names head {head} "
                               f">= queue size {self.size}")
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return head
 
-
-    def _break(self, reason: str) -> None:
+    def _fault(self, kind: QueueFault, detail: str) -> None:
+        """The one place a driver error on this queue is reported (log, hook, reset request)."""
+        if self.on_fault is not None:
+            try:
+                self.on_fault(self, kind, detail)
+            except Exception:
+                log.exception("virtio %s: on_fault hook raised", self.name)
+        # the kind is part of the format: each kind is rate-limited on its own
+        if not kind.breaks_ring:
+            guest_error(log, f"virtio %s: %s [{kind.name}]", self.name, detail)
+            return
         self.broken = True
-        log.warning("virtio %s: broken avail ring: %s; queue stopped, device needs reset", self.name, reason)
+        guest_error(log, f"virtio %s: broken avail ring: %s [{kind.name}]; queue stopped until reset",
+                    self.name, detail)
         if self.request_reset is not None:
-            self.request_reset(f"{self.name}: {reason}")
+            self.request_reset(f"{self.name}: {detail}")
 
-    def _warn(self, message: str) -> None:
-        self._warnings += 1
-        if self._warnings <= _WARNINGS_PER_QUEUE:
-            log.warning("virtio %s: %s", self.name, message)
-            if self._warnings == _WARNINGS_PER_QUEUE:
-                log.warning("virtio %s: further malformed-chain reports are logged at DEBUG", self.name)
-        else:
-            log.debug("virtio %s: %s", self.name, message)
+    # -- turns (fairness between queues and timers on the device loop) ----------------------
+
+    def begin_turn(self) -> None:
+        """A front end starts serving a notification: :meth:`pop` may take ``size`` chains."""
+        self._turn_left = self.size
+        self._turn_exhausted = False
+
+    def end_turn(self) -> bool:
+        """The notification is served; True if :meth:`pop` stopped on the budget with chains
+        still available (the front end serves the queue again in a later loop turn).
+        Outside a turn (device timers) :meth:`pop` is not budgeted."""
+        exhausted = self._turn_exhausted
+        self._turn_left = None
+        self._turn_exhausted = False
+        return exhausted and self.pending() > 0
 
     # -- used side ----------------------------------------------------------------------
 
-    def add_used(self, chain: DescriptorChain | int, written: int) -> None:
+    def add_used(self, chain: DescriptorChain, written: int) -> None:
         """Return a chain to the driver; ``written`` bytes of its writable part are valid."""
-        if not self.ready:
-            log.debug("virtio %s: add_used on a queue that is not ready (reset?): dropped", self.name)
+        if chain.epoch != self.epoch:
+            log.debug("virtio %s: chain %d popped before a reset completed late: dropped",
+                      self.name, chain.head)
             return
-        if isinstance(chain, DescriptorChain):
-            if chain.epoch != self.epoch:
-                log.debug("virtio %s: chain %d popped before a reset completed late: dropped",
-                          self.name, chain.head)
-                return
-            head = chain.head
-            if written > chain.writable_len:
-                log.warning("virtio %s: device claims %d bytes written to chain %d which has only %d "
-                            "writable bytes; clamped", self.name, written, head, chain.writable_len)
-                written = chain.writable_len
-        else:
-            head = chain
+        if chain.returned:
+            log.error("virtio %s: device bug: chain %d completed twice; the second time ignored",
+                      self.name, chain.head)
+            return
+        chain.returned = True
+        self.in_flight -= 1
+        if not self.ready:
+            log.debug("virtio %s: add_used on a queue that is not ready (disabled?): dropped", self.name)
+            return
+        head = chain.head
+        if written > chain.writable_len:
+            log.warning("virtio %s: device claims %d bytes written to chain %d which has only %d "
+                        "writable bytes; clamped", self.name, written, head, chain.writable_len)
+            written = chain.writable_len
         self._put_used(head, written)
 
     def _put_used(self, head: int, written: int) -> None:
@@ -327,4 +383,4 @@ class SplitQueue:
 
     def __repr__(self) -> str:
         return (f"SplitQueue({self.name}, size={self.size}, ready={self.ready}, "
-                f"avail={self.next_avail}, used={self.next_used})")
+                f"avail={self.next_avail}, used={self.next_used}, in_flight={self.in_flight})")

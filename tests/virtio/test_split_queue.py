@@ -195,16 +195,23 @@ def test_broken_ring_stops_the_queue_and_requests_reset(memory, allocator, caplo
     assert not q.broken and not q.ready
 
 
-def test_warnings_are_rate_limited(memory, allocator, caplog):
+def test_malformed_chain_warnings_are_rate_limited_across_resets(memory, allocator, caplog):
+    """A queue reset does not restart the limit (the limiter is per VM lifetime: pyvmm.guest_log)."""
+    caplog.set_level(logging.DEBUG, logger="pyvmm.virtio.queue")
     dq = DriverQueue(memory, allocator, 4)
     q = dq.device_queue()
-    for _ in range(50):
-        dq.write_desc(0, 0x7FFF_0000_0000, 4, 0)
-        dq.publish(0)
-        assert q.pop() is None
-        dq.collect()
+    for cycle in range(10):
+        for _ in range(50):
+            dq.write_desc(0, 0x7FFF_0000_0000, 4, 0)
+            dq.publish(0)
+            assert q.pop() is None
+            dq.collect()
+        q.reset()
+        dq = DriverQueue(memory, allocator, 4)
+        dq.configure(q)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 21  # 20 reports + "further reports at DEBUG"
+    assert len(warnings) == 5 and "rate-limited from now on" in warnings[-1].getMessage()
+    assert sum("BUFFER_OUTSIDE_RAM" in r.getMessage() for r in caplog.records) == 500  # the rest at DEBUG
 
 
 @pytest.mark.parametrize("change, phrase", [
@@ -256,9 +263,13 @@ def test_undo_pop(memory, allocator):
     dq = DriverQueue(memory, allocator, 8)
     q = dq.device_queue()
     h = dq.add_message(b"x", 0)
-    assert q.pop().head == h
-    q.undo_pop()
-    assert q.pending() == 1 and q.pop().head == h
+    chain = q.pop()
+    assert chain.head == h and q.in_flight == 1
+    q.undo_pop(chain)
+    assert q.pending() == 1 and q.in_flight == 0
+    with pytest.raises(ValueError):
+        q.undo_pop(chain)
+    assert q.pop().head == h and q.in_flight == 1
 
 
 def test_chain_popped_before_reset_cannot_complete_into_new_rings(memory, allocator):
