@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from pyvmm import log as pyvmm_log
-from pyvmm.config import DeviceSpec, MachineConfig, parse_size
+from pyvmm.config import DeviceSpec, MachineConfig, QmpSpec, parse_size
 from pyvmm.errors import VmmError
 
 DEFAULT_MEM = "256M"
@@ -70,6 +70,15 @@ def _device_specs(ctx, param, values):
     return specs
 
 
+def _qmp_spec(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return QmpSpec.parse(value)
+    except VmmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (vmlinux ELF or bzImage). Default: the default guest.")
 @click.option("--initrd", type=click.Path(path_type=Path), help="Initramfs. Default: the default guest's (only with the default kernel).")
@@ -85,10 +94,11 @@ def _device_specs(ctx, param, values):
 @click.option("--timeout", type=float, help="Stop the VM after this many seconds (exit status 124).")
 @click.option("--stats", is_flag=True, help="Print run time and VM exits by reason when the VM stops.")
 @click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
+@click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP (QEMU's JSON protocol) on this unix socket; 'server' alone waits for a client before the guest starts.")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, stats, monitor_path, verbose, trace, command):
+        serial_log, timeout, stats, monitor_path, qmp, verbose, trace, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if kernel is None:
@@ -125,7 +135,7 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     config.validate()
     from pyvmm.vm import run_vm
 
-    sys.exit(run_vm(config, timeout=timeout, stats=stats, monitor_path=monitor_path))
+    sys.exit(run_vm(config, timeout=timeout, stats=stats, monitor_path=monitor_path, qmp=qmp))
 
 
 @main.command("monitor", context_settings={"ignore_unknown_options": True})
@@ -187,9 +197,10 @@ def guest_build(debug, force):
 @click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False), help="Unix socket to listen on.")
 @click.option("--once", is_flag=True, help="Exit when the first front end disconnects.")
 @click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
+@click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP on this unix socket (stop/cont pause the device's clock).")
 @_verbosity_options
 @click.argument("options", nargs=-1)
-def vhost_user(device, socket_path, once, monitor_path, verbose, trace, options):
+def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, options):
     """Serve DEVICE (e.g. snd or virtio-snd) as a vhost-user back end; OPTIONS are key=value device options."""
     pyvmm_log.setup(verbose, trace)
     from pyvmm import plugins
@@ -198,7 +209,8 @@ def vhost_user(device, socket_path, once, monitor_path, verbose, trace, options)
     spec = DeviceSpec.parse(",".join([device, *options]))
     if spec.name not in plugins.available_devices() and f"virtio-{spec.name}" in plugins.available_devices():
         spec = DeviceSpec(f"virtio-{spec.name}", spec.options)
-    serve(plugins.create_device(spec), socket_path, once=once, monitor_path=monitor_path, device_name=spec.name)
+    serve(plugins.create_device(spec), socket_path, once=once, monitor_path=monitor_path, device_name=spec.name,
+          qmp=qmp)
 
 
 if __name__ == "__main__":

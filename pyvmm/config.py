@@ -66,6 +66,48 @@ class DeviceSpec:
         return cls(name, options)
 
 
+_ON = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
+
+
+@dataclass(frozen=True)
+class QmpSpec:
+    """``--qmp unix:PATH[,server[=on|off]][,wait=on|off][,nowait]`` in QEMU's chardev syntax.
+
+    pyvmm always listens (there is no client mode), so ``server`` may be left out. As in QEMU,
+    ``server`` alone waits for the first client before the guest starts (``wait=on``); give
+    ``wait=off`` (or ``nowait``) to start at once, which is also the default without ``server``.
+    """
+
+    path: str
+    wait: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> QmpSpec:
+        kind, _, rest = text.partition(":")
+        if kind != "unix" or not rest:
+            raise VmmError(f"bad --qmp {text!r}: use unix:PATH[,server,wait=off] (only unix sockets)")
+        path, *options = rest.split(",")
+        if not path:
+            raise VmmError(f"bad --qmp {text!r}: the socket path is empty")
+        if len(os.fsencode(path)) > 107:
+            raise VmmError(f"bad --qmp {text!r}: a unix socket path has at most 107 bytes")
+        server, wait = False, None
+        for option in options:
+            key, eq, value = option.partition("=")
+            flag = _ON.get(value.lower()) if eq else True
+            if flag is None or key not in ("server", "wait", "nowait") or (key == "nowait" and eq):
+                raise VmmError(f"bad --qmp option {option!r}: use server, wait=on|off or nowait")
+            if key == "server":
+                if not flag:
+                    raise VmmError("--qmp server=off: pyvmm only serves QMP (it cannot connect to a client)")
+                server = True
+            elif key == "wait":
+                wait = flag
+            else:
+                wait = False
+        return cls(path, server if wait is None else wait)
+
+
 @dataclass
 class MachineConfig:
     kernel: Path

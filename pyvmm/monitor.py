@@ -374,7 +374,7 @@ def vm_monitor(vm) -> Monitor:
         return total
 
     return Monitor(devices, vm.event_loop.call, exit_counts,
-                   quit=lambda: vm.request_stop(0, "quit from the monitor"))
+                   quit=lambda: vm.request_stop(0, "quit from the monitor", cause="host-qmp-quit"))
 
 
 class VhostUserTransportView:

@@ -6,6 +6,11 @@ then the kernel and boot structures in guest RAM, then the vCPUs (CPUID, MSRs, L
 registers). Running is one thread per vCPU plus the device event loop; the main thread
 only waits for a reason to stop (guest reset, debug-exit port, Ctrl-A x, a signal,
 a timeout or an error) and tears everything down in reverse.
+
+:meth:`Vm.pause_machine` / :meth:`Vm.resume_machine` (QMP ``stop``/``cont``) park the vCPUs, freeze the
+guest's kvmclock and pause every device's clock, so neither the guest nor a device sees the
+pause as elapsed time. What happens is published on ``Vm.events`` (:mod:`pyvmm.events`):
+``STOP``, ``RESUME``, ``SHUTDOWN`` from the VM, device events from the devices.
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from pyvmm.arch.x86_64.cpuid import parse_cpu_spec, vcpu_cpuid
 from pyvmm.arch.x86_64.lapic import set_virtual_wire
 from pyvmm.arch.x86_64.msr import boot_msrs, supported_only
 from pyvmm.bus import Bus
-from pyvmm.config import MachineConfig
+from pyvmm.config import MachineConfig, QmpSpec
 from pyvmm.console import stdio_console
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.errors import VmmError
+from pyvmm.events import EventBus
 from pyvmm.kvm import Kvm
 from pyvmm.legacy.irq import GsiLine
 from pyvmm.legacy.ports import install_legacy_devices
 from pyvmm.memory import GuestMemory
+from pyvmm.monitor import device_names
 from pyvmm.vcpu import StopKind, Vcpu, VcpuStop
 from pyvmm.virtio.mmio import MmioTransport
 
@@ -73,6 +80,12 @@ class StopReason:
     status: int
     message: str
     error: bool = False
+    cause: str = "host-error"
+    """QMP's ShutdownCause (``SHUTDOWN`` event): guest-reset, guest-shutdown, host-signal, ..."""
+
+    @property
+    def by_guest(self) -> bool:
+        return self.cause.startswith("guest-")
 
 
 @dataclass
@@ -87,9 +100,15 @@ class Vm:
     def __init__(self, config: MachineConfig):
         self.config = config
         self.stats = VmStats()
+        self.events = EventBus()
+        self.device_names = device_names(spec.name for spec in config.devices)
+        """Short names (``snd0``) used by the monitor, QMP and device events."""
         self._stop_reason: StopReason | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._run_state = "prelaunch"
+        self._pause_lock = threading.Lock()
+        self._frozen_clock: int | None = None
         self.kvm = self.vm_fd = self.memory = self.event_loop = self.console = None
         self.transports: list[MmioTransport] = []
         self._irqfds: list[IrqFd] = []
@@ -112,14 +131,16 @@ class Vm:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.event_loop = DeviceEventLoop().start()
-        self.console = stdio_console(on_quit=lambda: self.request_stop(0, "quit from the console (C-a x)"),
+        self.console = stdio_console(on_quit=lambda: self.request_stop(0, "quit from the console (C-a x)",
+                                                                       cause="host-ui"),
                                      log_path=config.serial_log)
         self.legacy = install_legacy_devices(
             self.pio_bus,
             serial_sink=self.console.write_output,
             serial_irq=GsiLine(self.vm_fd, layout.LEGACY_IRQS["com1"]),
-            on_reset=lambda: self.request_stop(0, "guest reset the machine"),
-            on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port"),
+            on_reset=lambda: self.request_stop(0, "guest reset the machine", cause="guest-reset"),
+            on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port",
+                                                     cause="guest-shutdown"),
         )
         cmdline = self._add_virtio_devices(config.cmdline)
         self.vcpus = self._create_vcpus(cmdline)
@@ -136,6 +157,7 @@ class Vm:
         fragments = []
         for index, spec in enumerate(self.config.devices):
             device = plugins.create_device(spec)
+            device.event_sink = self.events.sink(self.device_names[index])
             base, size, gsi = layout.virtio_mmio_slot(index)
             irq = IrqFd(self.vm_fd, gsi)
             self._irqfds.append(irq)
@@ -187,22 +209,76 @@ class Vm:
 
     # -- stopping -------------------------------------------------------------------
 
-    def request_stop(self, status: int, message: str, error: bool = False) -> None:
-        """Ask the VM to stop; the first reason wins. Safe from any thread or signal handler."""
+    def request_stop(self, status: int, message: str, error: bool = False, cause: str = "host-error") -> None:
+        """Ask the VM to stop; the first reason wins. Safe from any thread or signal handler.
+
+        ``cause`` is QMP's ShutdownCause for the ``SHUTDOWN`` event (``host-qmp-quit``, ...)."""
         with self._stop_lock:
             if self._stop_reason is None:
-                self._stop_reason = StopReason(status, message, error)
+                self._stop_reason = StopReason(status, message, error, cause)
         self._stopped.set()
 
     def _on_vcpu_stop(self, vcpu: Vcpu, stop: VcpuStop) -> None:
         if stop.kind is StopKind.REQUESTED:
             return
         if stop.kind in (StopKind.SHUTDOWN, StopKind.RESET):
-            self.request_stop(0, f"guest reset ({stop.message})")
+            self.request_stop(0, f"guest reset ({stop.message})", cause="guest-reset")
         elif stop.kind is StopKind.POWEROFF:
-            self.request_stop(0, "guest powered off")
+            self.request_stop(0, "guest powered off", cause="guest-shutdown")
         else:
-            self.request_stop(EXIT_ERROR, f"vcpu{vcpu.id}: {stop.message}", error=stop.is_error)
+            self.request_stop(EXIT_ERROR, f"vcpu{vcpu.id}: {stop.message}", error=stop.is_error,
+                              cause="guest-panic" if stop.kind is StopKind.CRASH else "host-error")
+
+    # -- pausing --------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """QMP's RunState: ``prelaunch`` (built, not started), ``running``, ``paused``, ``shutdown``."""
+        return self._run_state
+
+    def pause_machine(self) -> bool:
+        """Stop the guest, its kvmclock and the device clocks (QMP ``stop``); False if it was
+        not running. Unlike :meth:`pause` (vCPUs only, for a debugger), no time passes for
+        anything in the machine until :meth:`resume_machine`."""
+        with self._pause_lock:
+            if self._run_state != "running":
+                return False
+            if not self.pause(timeout=5.0):
+                log.warning("not every vCPU paused within 5 s")
+            try:  # the guest's kvmclock stands still while paused, as QEMU does it
+                self._frozen_clock = self.vm_fd.get_clock().clock
+            except OSError as exc:
+                log.debug("cannot read the KVM clock: %s", exc)
+                self._frozen_clock = None
+            self._for_each_device("pause")
+            self._run_state = "paused"
+        log.info("VM paused")
+        self.events.emit("STOP")
+        return True
+
+    def resume_machine(self) -> bool:
+        """Continue after :meth:`pause_machine` (QMP ``cont``); False if it was not paused."""
+        with self._pause_lock:
+            if self._run_state != "paused":
+                return False
+            self._for_each_device("resume")
+            if self._frozen_clock is not None:
+                try:
+                    self.vm_fd.set_clock(self._frozen_clock)
+                except OSError as exc:
+                    log.debug("cannot restore the KVM clock: %s", exc)
+            self.resume()
+            self._run_state = "running"
+        log.info("VM resumed")
+        self.events.emit("RESUME")
+        return True
+
+    def _for_each_device(self, method: str) -> None:
+        for transport in self.transports:
+            try:
+                self.event_loop.call(getattr(transport.device, method), timeout=5)
+            except Exception:
+                log.exception("%s: %s failed", transport.name, method)
 
     # -- pausing (gdb stub, monitor) -------------------------------------------------
 
@@ -230,14 +306,22 @@ class Vm:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 previous[signum] = signal.signal(
-                    signum, lambda n, f: self.request_stop(128 + n, f"stopped by signal {signal.Signals(n).name}"))
+                    signum, lambda n, f: self.request_stop(128 + n, f"stopped by signal {signal.Signals(n).name}",
+                                                           cause="host-signal"))
         try:
             self.console.start(self.legacy.serial)
-            for vcpu in self.vcpus:
-                vcpu.start()
+            with self._pause_lock:
+                for vcpu in self.vcpus:
+                    vcpu.start()
+                self._run_state = "running"
             if not self._stopped.wait(timeout):
-                self.request_stop(EXIT_TIMEOUT, f"timeout after {timeout:g} s")
+                self.request_stop(EXIT_TIMEOUT, f"timeout after {timeout:g} s", cause="host-signal")
         finally:
+            with self._pause_lock:
+                self._run_state = "shutdown"
+            reason = self._stop_reason
+            if reason is not None:
+                self.events.emit("SHUTDOWN", guest=reason.by_guest, reason=reason.cause)
             self.shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -279,21 +363,27 @@ class Vm:
 
 
 def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False,
-           monitor_path: str | None = None) -> int:
+           monitor_path: str | None = None, qmp: QmpSpec | None = None) -> int:
     vm = Vm(config)
-    server = None
-    if monitor_path is not None:
-        from pyvmm.monitor import MonitorServer, vm_monitor
+    servers = []
+    try:
+        if monitor_path is not None:
+            from pyvmm.monitor import MonitorServer, vm_monitor
 
-        try:
-            server = MonitorServer(vm_monitor(vm), monitor_path).start()
-        except BaseException:
-            vm.shutdown()
-            raise
+            servers.append(MonitorServer(vm_monitor(vm), monitor_path).start())
+        if qmp is not None:
+            from pyvmm.qmp import serve_vm
+
+            servers.append(serve_vm(vm, qmp))
+    except BaseException:
+        for server in servers:
+            server.close()
+        vm.shutdown()
+        raise
     try:
         status = vm.run(timeout)
     finally:
-        if server is not None:
+        for server in reversed(servers):
             server.close()
     if stats:
         elapsed = time.monotonic() - vm.stats.started

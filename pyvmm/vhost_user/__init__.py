@@ -14,6 +14,7 @@ import threading
 
 from pyvmm import guest_log
 from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.events import EventBus
 from pyvmm.vhost_user.backend import VhostUserBackend
 from pyvmm.vhost_user.server import VhostUserServer
 from pyvmm.virtio.device import VirtioDevice
@@ -24,14 +25,19 @@ log = logging.getLogger(__name__)
 
 
 def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_path: str | None = None,
-          device_name: str = "device") -> None:
+          device_name: str = "device", qmp=None) -> None:
     """Serve ``device`` on ``socket_path`` until SIGTERM/SIGINT (or, with ``once``, until the
     first front end disconnects); then stop the device and ``close()`` it. With ``monitor_path``,
-    also serve the monitor (:mod:`pyvmm.monitor`) there; its ``quit`` stops the back end."""
+    also serve the monitor (:mod:`pyvmm.monitor`) there; its ``quit`` stops the back end. With
+    ``qmp`` (a :class:`pyvmm.config.QmpSpec`), also serve QMP (:mod:`pyvmm.qmp`)."""
     events = DeviceEventLoop("vhost-user").start()
     server = VhostUserServer(device, socket_path, events, once=once)
     previous: dict[int, object] = {}
-    monitor_server = None
+    monitor_server = qmp_server = machine = None
+    bus = EventBus()
+    from pyvmm.monitor import device_names
+
+    device.event_sink = bus.sink(device_names([device_name])[0])
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("%s: shutting down", signal.Signals(signum).name)
@@ -47,9 +53,20 @@ def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_pa
 
             monitor = vhost_user_monitor(device, device_name, server.backend, events.call, server.finished.set)
             monitor_server = MonitorServer(monitor, monitor_path).start()
+        if qmp is not None:
+            from pyvmm.monitor import vhost_user_monitor
+            from pyvmm.qmp import BackendMachine, serve_backend
+
+            machine = BackendMachine(device, events.call, bus, server.finished.set)
+            monitor = vhost_user_monitor(device, device_name, server.backend, events.call, machine.quit)
+            qmp_server = serve_backend(machine, monitor, qmp)
         while not server.finished.wait(0.5):
             pass
     finally:
+        if machine is not None:
+            machine.shut_down()
+        if qmp_server is not None:
+            qmp_server.close()
         if monitor_server is not None:
             monitor_server.close()
         try:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from pyvmm.events import NO_EVENTS, EventSink
 
 if TYPE_CHECKING:
     from pyvmm.memory import GuestMemory
@@ -55,6 +57,10 @@ class VirtioDevice(ABC):
     device_type: int
     #: Maximum size of each queue; the number of entries is the number of queues.
     queue_max_sizes: tuple[int, ...]
+    #: Where the device publishes host-visible events (``self.event_sink.emit("SND_PCM_XRUN",
+    #: stream=0)``, QMP-style names): the VMM sets it to a sink on its :mod:`pyvmm.events` bus
+    #: (QMP events, traces); by default events go nowhere. Callable from any thread.
+    event_sink: EventSink = NO_EVENTS
 
     @abstractmethod
     def device_features(self) -> int:
@@ -82,6 +88,13 @@ class VirtioDevice(ABC):
     def close(self) -> None:
         """The VMM is exiting: flush and release host resources (files, audio devices)."""
 
+    def pause(self) -> None:
+        """The VM is paused (QMP ``stop``): stop the device's own clocks (timers that complete
+        buffers) so no device time passes until :meth:`resume`. Default: nothing to stop."""
+
+    def resume(self) -> None:
+        """The VM runs again after :meth:`pause`."""
+
     def monitor_commands(self) -> dict[str, Callable[[list[str]], str]]:
         """Device commands for the monitor (:mod:`pyvmm.monitor`), by name.
 
@@ -91,4 +104,13 @@ class VirtioDevice(ABC):
         or ``VmmError`` reports a one-line error (any other exception too, with its type). The
         first docstring line of each callable is its ``NAME help`` line. Default: none.
         """
+        return {}
+
+    def qmp_commands(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """Device commands for QMP (:mod:`pyvmm.qmp`), by full name with QEMU's vendor prefix
+        (``x-pyvmm-snd-query-streams``). Each callable gets the command's ``arguments`` (without
+        ``device``, which picks the device when several offer the command), runs on the device
+        event loop thread and returns a JSON-able result; ``ValueError``, ``LookupError`` or
+        ``VmmError`` become a ``GenericError`` reply. The first docstring line describes it in
+        ``query-commands``. Default: none."""
         return {}
