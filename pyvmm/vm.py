@@ -229,7 +229,7 @@ class Vm:
             self.request_stop(EXIT_ERROR, f"vcpu{vcpu.id}: {stop.message}", error=stop.is_error,
                               cause="guest-panic" if stop.kind is StopKind.CRASH else "host-error")
 
-    # -- pausing --------------------------------------------------------------------
+    # -- pausing the machine (QMP stop/cont) --------------------------------------------
 
     @property
     def status(self) -> str:

@@ -21,8 +21,6 @@ import concurrent.futures
 import json
 import logging
 import os
-import socket
-import stat
 import threading
 from typing import Any
 
@@ -30,6 +28,7 @@ from pyvmm.errors import VmmError
 from pyvmm.events import Event, EventBus
 from pyvmm.qmp import protocol
 from pyvmm.qmp.commands import CommandTable
+from pyvmm.unixsocket import listen_unix
 from pyvmm.qmp.protocol import COMMAND_NOT_FOUND, GENERIC_ERROR, FramingError, JsonSplitter, QmpError
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,8 @@ class QmpServer:
     def start(self) -> QmpServer:
         """Bind and listen (errors are VmmError here, before the guest runs), then serve."""
         try:
-            sock = private_listener(self.path)
+            sock = listen_unix(self.path, backlog=MAX_CLIENTS, what="QMP socket")
+            sock.setblocking(False)
             self._server = self.loop.run_until_complete(
                 asyncio.start_unix_server(self._serve_client, sock=sock, limit=READ_CHUNK))
         except BaseException:
@@ -258,36 +258,6 @@ class QmpServer:
         if not isinstance(arguments, dict):
             raise QmpError("QMP input member 'arguments' must be an object")
         return name, arguments
-
-
-def private_listener(path: str) -> socket.socket:
-    """A listening unix socket at ``path`` that only this user can connect to (0600: the mode
-    is set between bind and listen, so nobody can connect earlier). A socket file left by a
-    dead process is replaced; a live socket or any other file is an error."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise VmmError(f"QMP socket {path}: the file exists and is not a socket")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # nobody listens: stale
-            else:
-                raise VmmError(f"QMP socket {path} is in use by another process")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(MAX_CLIENTS)
-    except OSError as exc:
-        sock.close()
-        raise VmmError(f"cannot listen on QMP socket {path}: {exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -311,7 +311,7 @@ def test_socket_path_rules(tmp_path, rig):
         QmpServer(rig.server.table, EventBus(), rig.path).start()
     regular = tmp_path / "file"
     regular.write_text("x")
-    with pytest.raises(VmmError, match="not a socket"):
+    with pytest.raises(VmmError, match="is not a socket"):
         QmpServer(rig.server.table, EventBus(), str(regular)).start()
     stale = tmp_path / "stale.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
