@@ -5,6 +5,10 @@ completions all run here, while vCPU threads only touch registers and hand work 
 :meth:`DeviceEventLoop.call_soon` (fire and forget) or :meth:`DeviceEventLoop.call` (wait for
 the result, e.g. a driver-initiated reset that must be complete before the register write
 returns). An exception in a callback is logged with its traceback; the loop keeps running.
+
+Order: work handed over runs in the order it was handed over (one FIFO, whichever thread
+handed it), before any fd readiness the loop sees afterwards. Front ends rely on it: a driver
+reset handed over before a notification is done before that notification is served.
 """
 
 from __future__ import annotations
@@ -94,7 +98,11 @@ class DeviceEventLoop:
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
         """Run ``fn(*args)`` on the loop thread, wait for it and return its result (or raise its
-        exception). Called on the loop thread itself, it simply runs ``fn``."""
+        exception). Called on the loop thread itself, it simply runs ``fn``.
+
+        After ``timeout`` seconds it raises :class:`TimeoutError` but ``fn`` is *not* cancelled:
+        it still runs, in its place in the order. Callers must not undo its effect on timeout
+        (see :mod:`pyvmm.virtio.mmio`: a timed-out reset must stay ordered before what follows)."""
         if self.in_loop_thread():
             return fn(*args)
         if not self.running:

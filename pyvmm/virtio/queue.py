@@ -32,6 +32,7 @@ used_event) go through :func:`full_barrier`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from typing import Callable
@@ -55,6 +56,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _barrier_lock = threading.Lock()
+
+_epochs = itertools.count(1)
+"""Epochs are unique across all queues: a chain names the queue *and* the reset it was popped in."""
 
 
 def full_barrier() -> None:
@@ -105,9 +109,10 @@ class SplitQueue:
         """Back to the power-on state (spec 4.2.3.1: the driver reconfigures every queue).
 
         Chains popped before the reset become stale: :meth:`add_used` ignores them, so a
-        device completing late (a backend thread, a timer) cannot write into the new rings.
+        device completing late (a backend thread, a timer) cannot write into the new rings
+        (nor can a chain handed to another queue's :meth:`add_used`).
         """
-        self.epoch += 1
+        self.epoch = next(_epochs)
         self.size = self.max_size
         self.ready = False
         self.desc_table = 0
@@ -330,7 +335,7 @@ class SplitQueue:
     def add_used(self, chain: DescriptorChain, written: int) -> None:
         """Return a chain to the driver; ``written`` bytes of its writable part are valid."""
         if chain.epoch != self.epoch:
-            log.debug("virtio %s: chain %d popped before a reset completed late: dropped",
+            log.debug("virtio %s: chain %d was popped before a reset (or from another queue): dropped",
                       self.name, chain.head)
             return
         if chain.returned:

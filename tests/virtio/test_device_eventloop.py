@@ -89,3 +89,15 @@ def test_stop_with_a_blocked_callback_is_bounded(caplog):
     release.set()
     loop._thread.join(5)
     assert not loop.running
+
+
+def test_call_that_times_out_still_runs_in_order(device_loop):
+    release = threading.Event()
+    order = []
+    device_loop.call_soon(release.wait, 5)
+    with pytest.raises(TimeoutError):
+        device_loop.call(order.append, "timed out", timeout=0.05)
+    device_loop.call_soon(order.append, "after")
+    release.set()
+    device_loop.call(lambda: None, timeout=5)
+    assert order == ["timed out", "after"]

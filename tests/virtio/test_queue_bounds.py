@@ -308,3 +308,17 @@ def test_fault_kinds_are_distinct_and_cite_the_spec():
     assert all(k.section.startswith("2.7.") and k.description for k in QueueFault)
     assert {k for k in QueueFault if k.breaks_ring} == {
         QueueFault.AVAIL_IDX_JUMP, QueueFault.HEAD_OUT_OF_RANGE, QueueFault.IN_FLIGHT_EXCEEDED}
+
+
+def test_a_chain_completed_on_the_wrong_queue_is_dropped(memory, allocator):
+    dq_a, dq_b = DriverQueue(memory, allocator, 8), DriverQueue(memory, allocator, 8)
+    a, b = dq_a.device_queue(0), dq_b.device_queue(1)
+    dq_a.add_message(b"a", 1)
+    dq_b.add_message(b"b", 1)
+    chain_a, chain_b = a.pop(), b.pop()
+    b.add_used(chain_a, 0)  # a device bug: the wrong queue
+    assert b.in_flight == 1 and dq_b.collect() == []
+    b.add_used(chain_b, 0)
+    a.add_used(chain_a, 0)
+    assert a.in_flight == b.in_flight == 0
+    assert [e.id for e in dq_a.collect()] == [chain_a.head]
