@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pyvmm_snd import spec
 from pyvmm_snd.spec import PcmFeature, PcmFormat, PcmRate, QueueIndex, RequestCode, Status
-from pyvmm_snd.stream import PcmParams, StreamState
+from pyvmm_snd.stream import MIN_PERIOD_US, PcmParams, StreamState
 from snd_driver import SndDriver, status_of
 
 R = RequestCode
@@ -123,7 +123,8 @@ def test_set_params_accepts_exactly_what_pcm_info_advertised(channels, fmt, rate
                               fmt=fmt, rate=rate)
         offered = (info.formats >> fmt & 1 if fmt < 64 else 0) and (info.rates >> rate & 1 if rate < 64 else 0) \
             and info.channels_min <= channels <= info.channels_max
-        assert status == (Status.OK if offered else Status.NOT_SUPP)
+        long_enough = rate < len(PcmRate) and frames * 1_000_000 >= MIN_PERIOD_US * spec.RATE_HZ[PcmRate(rate)]
+        assert status == (Status.OK if offered and long_enough else Status.NOT_SUPP)
 
 
 def test_prepare_without_set_params_uses_defaults(drv):
@@ -144,7 +145,7 @@ def test_playback_held_before_start_then_paced_one_period_each(drv):
     assert send(drv, SET) == Status.OK and send(drv, PREP) == Status.OK
     heads = [drv.add_tx(0, bytes(PERIOD), cuts=[4, 1000]) for _ in range(3)]
     assert drv.kick(QueueIndex.TX) == []  # pre-buffered, held
-    assert len(drv.device.streams[0].pending) == 3
+    assert len(drv.device.dataplane.io[0].held) == 3
     drv.advance(1.0)
     assert drv.collect(QueueIndex.TX) == []  # not started: the clock does not run
     assert send(drv, START) == Status.OK
@@ -181,23 +182,26 @@ def test_pause_holds_messages_and_resume_continues(drv):
     assert len(drv.collect(QueueIndex.TX)) == 1
     assert send(drv, STOP) == Status.OK
     drv.advance(10 * PERIOD_S)
-    assert drv.collect(QueueIndex.TX) == [] and len(drv.device.streams[0].pending) == 2
+    assert drv.collect(QueueIndex.TX) == [] and len(drv.device.dataplane.io[0].held) == 2
     assert send(drv, START) == Status.OK
     drv.advance(2 * PERIOD_S + 1e-9)
     assert len(drv.collect(QueueIndex.TX)) == 2
 
 
-def test_messages_complete_one_per_period_whatever_their_length():
-    """The clock ticks once per negotiated period (125 ms here); a short last message (end of
-    stream) takes the next tick like any other."""
+def test_messages_complete_one_per_period():
+    """The clock ticks once per negotiated period (125 ms here); a message that is not exactly
+    one period is refused at once with IO_ERR and the clock carries on."""
     with SndDriver(options={"formats": "s16+s32"}) as d:
         d.start()
         assert d.set_params(0, buffer_bytes=48000 * 8, period_bytes=48000, channels=2,
                             fmt=PcmFormat.S32) == Status.OK  # 8-byte frames: 6000 frames = 125 ms
         assert d.pcm(PREP, 0) == Status.OK and d.pcm(START, 0) == Status.OK
         d.add_tx(0, bytes(48000))
-        d.add_tx(0, bytes(24000))
-        d.kick(QueueIndex.TX)
+        short = d.add_tx(0, bytes(24000))
+        d.add_tx(0, bytes(48000))
+        refused = d.kick(QueueIndex.TX)
+        assert [e.id for e in refused] == [short]
+        assert d.io_status(QueueIndex.TX, refused[0]) == (Status.IO_ERR, 0)
         d.advance(0.124)
         assert d.collect(QueueIndex.TX) == []
         d.advance(0.002)
@@ -247,7 +251,7 @@ def test_release_returns_pending_io_before_its_response(drv):
     assert [e.id for e in done] == heads and all(e.len == 8 for e in done)
     assert all(drv.io_status(QueueIndex.TX, e)[0] == Status.OK for e in done)
     assert order.index(QueueIndex.TX) < order.index(QueueIndex.CONTROL)
-    assert drv.device.streams[0].pending == type(drv.device.streams[0].pending)()
+    assert not drv.device.dataplane.io[0].held
 
 
 def test_release_returns_pending_capture_with_no_frames(drv):
@@ -298,7 +302,7 @@ def test_reset_drops_everything(drv):
     drv.add_tx(0, bytes(4096))
     assert drv.kick(QueueIndex.TX) == []
     drv.device.reset()
-    assert all(s.state == StreamState.SET_PARAMS and s.params is None and not s.pending for s in drv.device.streams)
+    assert all(s.state == StreamState.SET_PARAMS and s.params is None for s in drv.device.streams)
     assert drv.device.events.buffers == type(drv.device.events.buffers)()
     assert drv.collect(QueueIndex.TX) == []  # nothing was completed
     drv.device.queue_notify(QueueIndex.CONTROL)  # not active: ignored, no crash

@@ -197,8 +197,11 @@ def test_close_flushes_a_running_stream_and_stops_its_clock(tmp_path, capsys):
 
 
 def test_backend_failure_keeps_the_guest_clock(tmp_path, caplog):
-    with TimedDriver(options={"backend.path": str(tmp_path / "missing-dir" / "out.wav"),
+    """The directory was fine at start-up and vanished before the guest played."""
+    (tmp_path / "gone").mkdir()
+    with TimedDriver(options={"backend.path": str(tmp_path / "gone" / "out.wav"),
                               "capture.backend": "null"}) as d:
+        (tmp_path / "gone").rmdir()
         d.start()
         d.run_stream(0, buffer_bytes=BUFFER, period_bytes=PERIOD)
         for p in periods(3):

@@ -254,21 +254,18 @@ def test_real_asyncio_loop_paces_on_the_clock_deadlines():
         loop.close()
 
 
-def test_tiny_periods_are_handled_several_per_millisecond_tick():
-    """8 frames at 48 kHz (167 us): the clock ticks every 1 ms and completes 6 periods per tick."""
+def test_periods_at_the_minimum_tick_once_each():
+    """48 frames at 48 kHz (1 ms, the device minimum): one completion per millisecond."""
     with null_driver(formats="s16") as d:
         d.start()
-        d.run_stream(0, buffer_bytes=32 * 32, period_bytes=32)
-        for p in periods(13, 32):
+        d.run_stream(0, buffer_bytes=8 * 192, period_bytes=192)
+        for p in periods(5, 192):
             d.add_tx(0, p)
         d.kick(TX)
         d.pcm(R.PCM_START, 0)
         t0 = d.loop.time()
-        d.advance(0.0021)
-        assert d.times(TX) == pytest.approx([t0 + 0.001] * 6 + [t0 + 0.002] * 6, abs=1e-9)
-        d.advance(0.001)
-        assert len(d.times(TX)) == 13
-        assert d.device.dataplane.io[0].stats.xrun_periods == 5  # the rest of the third tick
+        d.advance(0.0055)
+        assert d.times(TX) == pytest.approx([t0 + 0.001 * n for n in range(1, 6)], abs=1e-9)
 
 
 def test_capture_never_hands_a_whole_buffer_to_a_driver_that_queued_nothing_new():

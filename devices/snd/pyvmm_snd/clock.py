@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 TickCallback = Callable[[int], object]
 """Called with the tick number (1, 2, ... within a run)."""
 
-LATENESS_HISTORY = 1 << 20
-"""Lateness samples kept per clock (about 3 hours of 10 ms periods)."""
+LATENESS_HISTORY = 1 << 16
+"""Lateness samples kept per clock (65 s of the shortest periods, 11 min of 10 ms ones): a
+bound on memory whatever period the guest chose (about 5 MB per clock when full)."""
 
 
 @dataclass

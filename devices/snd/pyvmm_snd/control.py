@@ -31,6 +31,10 @@ HDR_SIZE = ctypes.sizeof(spec.Hdr)
 MAX_REQUEST_BYTES = ctypes.sizeof(spec.CtlHdr) + ctypes.sizeof(spec.CtlTlv) + spec.CTL_TLV_MAX_VALUE_BYTES
 """The largest legal request (a TLV write with a 64 KiB value)."""
 
+MAX_QUERY_ITEM_SIZE = 1024
+"""Largest item ``size`` an *_INFO query may ask for: every info struct of the spec is far
+smaller (PCM_INFO 32 bytes, CTL_INFO 104); the rest of a larger item would only be zeroes."""
+
 CTL_REQUESTS = frozenset(c for c in RequestCode if c.name.startswith("CTL_"))
 
 
@@ -143,7 +147,10 @@ class ControlPlane:
             raise bad_msg(f"items {q.start_id}..{q.start_id + q.count - 1} requested, {len(items)} exist")
         if q.count and q.size < ctypes.sizeof(spec.Info):
             raise bad_msg(f"item size {q.size} is smaller than the common info header")
-        # Other sizes are honoured (spec: "for backward compatibility"): items are cut or zero-padded.
+        if q.size > MAX_QUERY_ITEM_SIZE:
+            raise bad_msg(f"item size {q.size} exceeds {MAX_QUERY_ITEM_SIZE} bytes")
+        # Other sizes are honoured (spec: "for backward compatibility"): items are cut or
+        # zero-padded. Memory is at most (advertised items) x MAX_QUERY_ITEM_SIZE.
         self._room(q.count * q.size, room)
         out = bytearray()
         for item in items[q.start_id:q.start_id + q.count]:
@@ -190,7 +197,9 @@ class ControlPlane:
         stream = self._stream(hdr.stream_id)
         stream.apply(code)
         if self.dataplane is not None:
-            if code == RequestCode.PCM_START:
+            if code == RequestCode.PCM_PREPARE:
+                self.dataplane.prepare(stream)
+            elif code == RequestCode.PCM_START:
                 self.dataplane.start(stream)
             elif code == RequestCode.PCM_STOP:
                 self.dataplane.stop(stream)

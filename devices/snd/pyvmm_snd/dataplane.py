@@ -1,15 +1,20 @@
-"""Where PCM I/O messages go once accepted: the data-plane interface and the data plane.
+"""Where PCM I/O messages go: the data-plane interface and the data plane.
 
-The control plane drives a data plane through five calls (``submit``, ``start``, ``stop``,
-``release``, ``reset``); :class:`PcmDataPlane` hands each stream's messages to its
-:class:`~pyvmm_snd.streamio.StreamIo` (period clock + host back end):
+The control plane drives a data plane through six calls (``prepare``, ``start``, ``stop``,
+``release``, ``reset``, ``close``); the device hands it every tx/rx chain through
+:meth:`PcmDataPlane.process`. :class:`PcmDataPlane` owns one
+:class:`~pyvmm_snd.streamio.StreamIo` per stream (held messages, period clock, host back end):
 
-* messages are held while the stream is prepared or stopped (playback pre-buffering, the
-  capture buffers queued before START, pause) and consumed one period per clock tick
-  while it runs;
+* :meth:`PcmDataPlane.accept` is the one gate of every I/O message: shape and header
+  (:func:`pyvmm_snd.iomsg.parse`, BAD_MSG), stream id and direction (BAD_MSG, as QEMU
+  answers), then the stream's own checks in :meth:`StreamIo.accept` (state, exact period
+  size, in-flight bound: IO_ERR). A refused message is answered at once with its status
+  and one rate-limited log line;
+* accepted messages are held while the stream is prepared or stopped (playback
+  pre-buffering, the capture buffers queued before START, pause) and consumed one period
+  per clock tick while it runs;
 * STOP pauses the clock, START resumes it (no PREPARE needed); RELEASE returns every held
-  message before the RELEASE response is written and closes the back end (flush);
-* messages for a stream that is not prepared are returned with IO_ERR.
+  message before the RELEASE response is written and closes the back end (flush).
 
 Pacing is not optional: the Linux driver advances its hardware pointer by one period per
 completion, so completing a whole buffer at once wraps the pointer back to where it was and
@@ -23,23 +28,23 @@ import logging
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from pyvmm_snd import iomsg
-from pyvmm_snd.errors import GuestWarnings
-from pyvmm_snd.spec import Status
-from pyvmm_snd.stream import PcmStream, StreamState
+from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg
+from pyvmm_snd.spec import QueueIndex, Status
+from pyvmm_snd.stream import PcmStream
 from pyvmm_snd.streamio import StreamIo
 
 if TYPE_CHECKING:
+    from pyvmm.virtio.chain import DescriptorChain
     from pyvmm.virtio.device import DeviceContext
 
     from pyvmm_snd.backends import PcmBackend
-    from pyvmm_snd.iomsg import IoMessage
 
 log = logging.getLogger(__name__)
 
 
 class DataPlane(Protocol):
-    def submit(self, stream: PcmStream, msg: IoMessage) -> None:
-        """A valid I/O message for ``stream`` arrived."""
+    def prepare(self, stream: PcmStream) -> None:
+        """PREPARE was accepted: the stream's parameters are final until the next SET_PARAMS."""
 
     def start(self, stream: PcmStream) -> None:
         """START was accepted (state is already STARTED)."""
@@ -56,9 +61,7 @@ class DataPlane(Protocol):
 
 
 class PcmDataPlane:
-    """Per-stream clocks and back ends; see the module docstring."""
-
-    HOLD_STATES = (StreamState.PREPARED, StreamState.STARTED, StreamState.STOPPED)
+    """One :class:`StreamIo` per stream and the gate in front of them; see the module docstring."""
 
     def __init__(self, ctx: DeviceContext, streams: Sequence[PcmStream], backends: Sequence[PcmBackend | None],
                  clock: str = "realtime", gain: Callable[[int], float] = lambda stream_id: 1.0,
@@ -70,13 +73,33 @@ class PcmDataPlane:
                    for stream, backend in zip(streams, backends, strict=True)]
         self._warn = GuestWarnings(log)
 
-    def submit(self, stream: PcmStream, msg: IoMessage) -> None:
-        if stream.state not in self.HOLD_STATES:
-            self._warn("I/O message for stream %d in state %s (not prepared): returned with IO_ERR",
-                       stream.id, stream.state.value)
-            iomsg.complete(self.ctx, msg, Status.IO_ERR)
-            return
-        self.io[stream.id].submit(msg)
+    def process(self, queue_index: QueueIndex) -> None:
+        """Take every new chain off the tx or rx queue."""
+        queue = self.ctx.queues[queue_index]
+        while (chain := queue.pop()) is not None:
+            self.accept(queue_index, chain)
+        self.ctx.signal_used(queue_index)
+
+    def accept(self, queue_index: QueueIndex, chain: DescriptorChain) -> Status:
+        """Every check an I/O message goes through, in order; OK means it is held by its stream,
+        any other status has been written to the message and the chain returned."""
+        try:
+            msg = iomsg.parse(queue_index, chain)
+            if not 0 <= msg.stream_id < len(self.io):
+                raise bad_msg(f"stream {msg.stream_id} does not exist")
+            io = self.io[msg.stream_id]
+            if io.stream.direction != msg.direction:
+                raise bad_msg(f"stream {io.stream.id} is {io.stream.direction.name.lower()}, "
+                              f"not {msg.direction.name.lower()}")
+            io.accept(msg)
+        except RequestError as exc:
+            self._warn("virtio-snd: %s I/O message refused (%s): %s", queue_index.name, exc.status.name, exc)
+            iomsg.reject(self.ctx, queue_index, chain, exc.status)
+            return exc.status
+        return Status.OK
+
+    def prepare(self, stream: PcmStream) -> None:
+        self.io[stream.id].prepare()
 
     def start(self, stream: PcmStream) -> None:
         self.io[stream.id].start()

@@ -15,13 +15,13 @@ from typing import Sequence
 from pyvmm.errors import VmmError
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
 
-from pyvmm_snd import hostaudio, iomsg, monitor, spec, topology
+from pyvmm_snd import hostaudio, monitor, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.dataplane import PcmDataPlane
-from pyvmm_snd.errors import GuestWarnings, RequestError
+from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.events import EventQueue
-from pyvmm_snd.spec import PcmFeature, QueueIndex, Status
+from pyvmm_snd.spec import PcmFeature, QueueIndex
 from pyvmm_snd.stream import PcmStream, StreamState
 
 log = logging.getLogger(__name__)
@@ -143,24 +143,8 @@ class SoundDevice(VirtioDevice):
     # -- PCM I/O ------------------------------------------------------------------------------
 
     def _process_io(self, queue_index: QueueIndex) -> None:
-        ctx = self.ctx
-        assert ctx is not None and self.dataplane is not None
-        queue = ctx.queues[queue_index]
-        while (chain := queue.pop()) is not None:
-            try:
-                msg = iomsg.parse(queue_index, chain)
-                if not 0 <= msg.stream_id < len(self.streams):
-                    raise RequestError(Status.BAD_MSG, f"stream {msg.stream_id} does not exist")
-                stream = self.streams[msg.stream_id]
-                if stream.direction != msg.direction:
-                    raise RequestError(Status.BAD_MSG, f"stream {stream.id} is {stream.direction.name.lower()}, "
-                                                       f"not {msg.direction.name.lower()}")
-            except RequestError as exc:
-                self._warn("virtio-snd: %s I/O message rejected (%s): %s", queue_index.name, exc.status.name, exc)
-                iomsg.reject(ctx, queue_index, chain, exc.status)
-                continue
-            self.dataplane.submit(stream, msg)
-        ctx.signal_used(queue_index)
+        assert self.dataplane is not None
+        self.dataplane.process(queue_index)
 
     # -- host side (any thread) ------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The event queue: the driver pre-posts empty 8-byte buffers, the device fills one per event.
 
 Events raised while no buffer is posted wait in a bounded backlog and go out, in order, as
-soon as buffers arrive. The Linux driver posts the whole queue at probe and re-posts each
+soon as buffers arrive. The device holds at most one queue's worth of buffers: a driver that
+re-publishes buffers the device still holds gets the extra ones back unused (length 0). The Linux driver posts the whole queue at probe and re-posts each
 buffer right after consuming it, so the backlog only fills if the driver stalls.
 """
 
@@ -55,6 +56,11 @@ class EventQueue:
             if chain.writable_len < EVENT_SIZE or chain.readable_len:
                 self._warn("event buffer with %d writable / %d readable bytes (needs %d writable only): "
                             "returned unused", chain.writable_len, chain.readable_len, EVENT_SIZE)
+                self.ctx.complete(QueueIndex.EVENT, chain, 0)
+                continue
+            if len(self.buffers) >= queue.size:
+                self._warn("event buffer %d beyond the %d the queue can hold (re-published while held): "
+                           "returned unused", chain.head, queue.size)
                 self.ctx.complete(QueueIndex.EVENT, chain, 0)
                 continue
             self.buffers.append(chain)

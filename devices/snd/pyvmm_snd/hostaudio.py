@@ -75,8 +75,8 @@ class HostAudioConfig:
         backends = []
         for stream_id, direction in enumerate(directions):
             choice = self.choice(direction)
-            backends.append(create_backend(choice.name, choice.options, direction,
-                                           None if choice.default_path else stream_id))
+            backends.append(create_backend(choice.name, choice.options, direction, stream_id,
+                                           claim=not choice.default_path))
         return backends
 
     def __str__(self) -> str:

@@ -18,7 +18,7 @@ from pyvmm_snd.errors import bad_msg
 from pyvmm_snd.spec import Direction, QueueIndex, Status
 
 if TYPE_CHECKING:
-    from pyvmm.virtio.chain import DescriptorChain
+    from pyvmm.virtio.chain import ChainWriter, DescriptorChain
     from pyvmm.virtio.device import DeviceContext
 
     from pyvmm_snd.stream import PcmParams
@@ -65,20 +65,20 @@ def silence(params: PcmParams, nbytes: int) -> np.ndarray:
     return np.resize(pattern, nbytes)
 
 
-def complete(ctx: DeviceContext, msg: IoMessage, status: Status, frames: np.ndarray | bytes | None = None,
-             latency_bytes: int = 0, notify: bool = True) -> None:
-    """Return ``msg``: capture ``frames`` (if any) then the status; used length per spec."""
-    writer = msg.chain.writer()
-    if frames is not None and len(frames):
-        writer.write(frames[:msg.data_len])
+def complete(ctx: DeviceContext, msg: IoMessage, status: Status, latency_bytes: int = 0, notify: bool = True,
+             writer: ChainWriter | None = None) -> None:
+    """Return ``msg`` with ``status``; ``writer``: the one capture frames were written with
+    (the used length then counts them, per spec)."""
+    writer = writer or msg.chain.writer()
     writer.write_at_end(spec.PcmStatus(status=status, latency_bytes=latency_bytes))
     log.log(5, "I/O stream %d %s -> %s used=%d", msg.stream_id, msg.direction.name, status.name, writer.written)
     ctx.complete(msg.queue_index, msg.chain, writer.written, notify=notify)
 
 
 def reject(ctx: DeviceContext, queue_index: QueueIndex, chain: DescriptorChain, status: Status) -> None:
-    """Return a message that could not be accepted: status if there is room for it, else nothing."""
+    """Return a message that could not be accepted: status if there is room for it, else
+    nothing (the caller signals the driver)."""
     writer = chain.writer()
     if chain.writable_len >= STATUS_SIZE:
         writer.write_at_end(spec.PcmStatus(status=status))
-    ctx.complete(queue_index, chain, writer.written)
+    ctx.complete(queue_index, chain, writer.written, notify=False)

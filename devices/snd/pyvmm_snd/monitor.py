@@ -83,8 +83,9 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
                  f"back end {device.backend}, clock {device.host_audio.clock}"]
         for stream in device.streams:
             params = stream.params
+            held = len(device.dataplane.io[stream.id].held) if device.dataplane is not None else 0
             line = (f"stream {stream.id} {stream.direction.name.lower()}: {stream.state.value}, "
-                    f"{params if params is not None else 'no parameters'}, queued {len(stream.pending)}")
+                    f"{params if params is not None else 'no parameters'}, queued {held}")
             if params is not None:
                 line += f", xrun events {'on' if params.wants(PcmFeature.EVT_XRUNS) else 'off'}"
             if device.dataplane is not None:

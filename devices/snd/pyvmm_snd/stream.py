@@ -1,15 +1,14 @@
-"""One PCM stream: the spec's command lifecycle, the negotiated parameters, the held I/O.
+"""One PCM stream's control side: the spec's command lifecycle and the negotiated parameters.
 
 The lifecycle (spec "PCM Command Lifecycle") is enforced exactly: a request that the
-current state does not allow is answered BAD_MSG and changes nothing. The stream also
-holds the I/O messages the data plane has not finished yet (``pending``), so RELEASE and
-reset can find every one of them.
+current state does not allow is answered BAD_MSG and changes nothing. The I/O messages a
+stream holds belong to its data path (:class:`pyvmm_snd.streamio.StreamIo`), not to this
+module.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -20,8 +19,14 @@ from pyvmm_snd.topology import StreamConfig
 
 log = logging.getLogger(__name__)
 
-MAX_BUFFER_BYTES = 16 << 20
-"""Largest ring a driver may ask for (Linux needs < 2 MiB even at 8 ch x FLOAT64 x 192 kHz)."""
+MAX_BUFFER_BYTES = 4 << 20
+"""Largest ring a driver may ask for (Linux needs < 2 MiB even at 8 ch x FLOAT64 x 192 kHz);
+SET_PARAMS above it is NOT_SUPP. It bounds the period, hence every I/O message."""
+
+MIN_PERIOD_US = 1000
+"""Shortest period a driver may ask for, in microseconds of audio (SET_PARAMS below it is
+NOT_SUPP). Every period costs one message round trip on the device loop, so the CPU per
+stream grows as 1/period; Linux's own default minimum (``pcm_period_ms_min``) is 10 ms."""
 
 
 class StreamState(Enum):
@@ -112,6 +117,9 @@ class PcmParams:
             raise bad_msg(f"period {req.period_bytes} is not a whole number of {params.frame_bytes:g}-byte frames")
         if req.buffer_bytes > MAX_BUFFER_BYTES:
             raise not_supp(f"buffer {req.buffer_bytes} exceeds {MAX_BUFFER_BYTES} bytes")
+        if params.period_frames * 1_000_000 < MIN_PERIOD_US * params.rate_hz:
+            raise not_supp(f"period of {params.period_frames} frames at {params.rate_hz} Hz is shorter than "
+                           f"the device minimum of {MIN_PERIOD_US} us")
         return params
 
     @classmethod
@@ -129,15 +137,13 @@ class PcmParams:
 
 
 class PcmStream:
-    """State, parameters and held I/O messages of one stream."""
+    """State and parameters of one stream."""
 
     def __init__(self, stream_id: int, config: StreamConfig):
         self.id = stream_id
         self.config = config
         self.state = StreamState.SET_PARAMS
         self.params: PcmParams | None = None
-        self.pending: deque = deque()
-        """I/O messages (``pyvmm_snd.iomsg.IoMessage``) accepted but not yet returned to the driver."""
 
     @property
     def direction(self) -> Direction:
@@ -161,13 +167,7 @@ class PcmStream:
         old, self.state = self.state, STATE_AFTER[code]
         log.debug("stream %d: %s -> %s", self.id, old.value, self.state.value)
 
-    def take_pending(self) -> list:
-        messages = list(self.pending)
-        self.pending.clear()
-        return messages
-
     def reset(self) -> None:
-        """Back to the initial state; held messages are dropped, not completed (device reset)."""
+        """Back to the initial state (device reset)."""
         self.state = StreamState.SET_PARAMS
         self.params = None
-        self.pending.clear()

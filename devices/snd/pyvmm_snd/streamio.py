@@ -1,4 +1,14 @@
-"""One PCM stream's data path: its period clock, its host back end, its xrun accounting.
+"""One PCM stream's data path: the I/O messages it holds, its period clock, its host back end,
+its xrun accounting. :class:`StreamIo` is the single owner of all of them.
+
+Every I/O message for the stream goes through :meth:`StreamIo.accept`, which applies the
+stream's checks (state, exact period size, in-flight bound) and either holds the message or
+raises :class:`~pyvmm_snd.errors.RequestError` with the spec status (``IO_ERR``). Held
+messages live here until the clock consumes them, RELEASE flushes them or a reset drops
+them. The back end's :class:`~pyvmm_snd.backends.BackendParams` are built once, at PREPARE.
+
+Audio moves between guest RAM and the back end in pieces of at most :data:`CHUNK_BYTES`
+(whole frames), so no host buffer grows with the period the guest chose.
 
 Each clock tick is one period of the stream's audio clock:
 
@@ -32,15 +42,16 @@ without the host: the guest's clock never stops because of the host.
 from __future__ import annotations
 
 import logging
-import math
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyvmm_snd import iomsg, pcm_format
 from pyvmm_snd.backends import BackendParams, PcmBackend
 from pyvmm_snd.clock import FastClock, RealTimeClock
+from pyvmm_snd.errors import RequestError
 from pyvmm_snd.spec import Direction, QueueIndex, Status
-from pyvmm_snd.stream import PcmStream, StreamState
+from pyvmm_snd.stream import PcmParams, PcmStream, StreamState
 
 if TYPE_CHECKING:
     from pyvmm.virtio.device import DeviceContext
@@ -49,9 +60,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MIN_TICK_SECONDS = 0.001
-"""A guest may negotiate periods of a few frames; the real-time clock then ticks every
-millisecond and handles as many periods per tick (the event loop is never flooded)."""
+CHUNK_BYTES = 64 << 10
+"""Largest piece of audio handed to or asked of a back end in one call (rounded down to whole
+frames): host memory per call stays bounded whatever the period size."""
+
+HOLD_STATES = (StreamState.PREPARED, StreamState.STARTED, StreamState.STOPPED)
+"""States in which the stream takes I/O messages (spec: after PREPARE, until RELEASE)."""
 
 
 @dataclass
@@ -67,13 +81,15 @@ class StreamIoStats:
     xrun_events: int = 0
     flushed: int = 0
     """Messages returned unplayed/unfilled by RELEASE."""
+    refused: int = 0
+    """Messages answered IO_ERR by :meth:`StreamIo.accept` (state, size, in-flight bound)."""
     backend_errors: int = 0
     injected_errors: int = 0
     """Messages completed with an injected error status (``fail_next``)."""
 
 
 class StreamIo:
-    """Clock + back end + held messages of one stream (see the module docstring)."""
+    """Held messages + clock + back end of one stream (see the module docstring)."""
 
     def __init__(self, ctx: DeviceContext, stream: PcmStream, backend: PcmBackend | None, clock_kind: str,
                  gain: Callable[[int], float], report_xrun: Callable[[int], bool]):
@@ -86,14 +102,25 @@ class StreamIo:
         self.gain = gain
         self.report_xrun = report_xrun
         self.stats = StreamIoStats()
-        self.clock: RealTimeClock | FastClock | None = None
+        self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
+        self.held: deque[IoMessage] = deque()
+        """Accepted messages not yet returned to the driver, oldest first."""
+        self.max_held = ctx.queues[self.queue_index].size
+        """No driver can have more chains in flight on a queue than its size; more held
+        messages means the driver re-published chains the device still holds."""
+        self.geometry: PcmParams | None = None
+        """The stream's parameters as of the last PREPARE (period and buffer size, rate)."""
         self.params: BackendParams | None = None
+        """The same for the back end, built once at PREPARE; None if the data plane cannot
+        convert the format (the stream then runs without host audio)."""
+        self.clock: RealTimeClock | FastClock | None = None
         self._backend_ok = False
         self._gap = 0
         """Periods of the xrun gap in progress (0: data is flowing)."""
         self._hold_timer = None
         """Fast clock: completes the last held message if no other one follows it."""
-        self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
+        self._releasing_last = False
+        self._completed_since_submit = 0
         self._failures = 0
         self._failure_status = Status.IO_ERR
 
@@ -101,14 +128,50 @@ class StreamIo:
     def playback(self) -> bool:
         return self.stream.direction == Direction.OUTPUT
 
-    # -- commands ------------------------------------------------------------------------------
+    # -- the gate --------------------------------------------------------------------------------
 
-    def submit(self, msg: IoMessage) -> None:
-        self.stream.pending.append(msg)
+    def accept(self, msg: IoMessage) -> None:
+        """Hold ``msg`` for the clock, or raise RequestError(IO_ERR) saying why not.
+
+        The data part must be exactly one period: Linux always sends ``period_bytes``, the
+        spec says a driver SHOULD, and the clock completes one message per period, so any
+        other length would make the guest's position run ahead of or behind real time."""
+        stream = self.stream
+        if stream.state not in HOLD_STATES or self.geometry is None:
+            self._refuse(f"stream {stream.id} is {stream.state.value}, not prepared")
+        period = self.geometry.period_bytes
+        if msg.data_len != period:
+            self._refuse(f"stream {stream.id}: message carries {msg.data_len} bytes of frames, "
+                         f"the negotiated period is {period}")
+        if len(self.held) >= self.max_held:
+            self._refuse(f"stream {stream.id} already holds {len(self.held)} messages (the queue size): "
+                         f"the driver re-published chains in flight")
+        self.held.append(msg)
         self._completed_since_submit = 0
         self._cancel_hold()
-        if self.clock is not None and self.stream.state == StreamState.STARTED:
+        if self.clock is not None and stream.state == StreamState.STARTED:
             self.clock.notify()
+
+    def _refuse(self, reason: str) -> None:
+        self.stats.refused += 1
+        raise RequestError(Status.IO_ERR, reason)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """PREPARE: fix the run's parameters. Messages held under older ones go back with IO_ERR."""
+        self.geometry = self.stream.effective_params
+        try:
+            self.params = BackendParams.from_stream(self.stream.id, self.stream.direction, self.geometry)
+        except ValueError as exc:
+            self.params = None
+            log.warning("stream %d: %s; the stream runs without host audio", self.stream.id, exc)
+        stale = [m for m in self.held if m.data_len != self.geometry.period_bytes]
+        if stale:
+            self.held = deque(m for m in self.held if m.data_len == self.geometry.period_bytes)
+            for msg in stale:
+                iomsg.complete(self.ctx, msg, Status.IO_ERR, notify=False)
+            self.ctx.signal_used(self.queue_index)
 
     def fail_next(self, count: int, status: Status) -> None:
         """Error injection (the monitor's ``fail``): the next ``count`` messages the clock
@@ -135,7 +198,7 @@ class StreamIo:
     def release(self) -> None:
         """Return every held message (status OK, nothing played/recorded), close the back end."""
         self._stop_clock()
-        messages = self.stream.take_pending()
+        messages, self.held = self.held, deque()
         for msg in messages:
             iomsg.complete(self.ctx, msg, Status.OK, notify=False)
         self.stats.flushed += len(messages)
@@ -145,34 +208,34 @@ class StreamIo:
         self._close_backend()
 
     def reset(self) -> None:
-        """Device reset: stop without completing anything (the stream drops its messages)."""
+        """Device reset: stop and drop every held message without completing it."""
         self._stop_clock()
         self._close_backend()
+        self.held.clear()
+        self.geometry = self.params = None
 
     # -- the run ----------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        params = self.stream.effective_params
+        geometry = self.geometry or self.stream.effective_params
         self._backend_ok = False
         self._completed_since_submit = 0
-        try:
-            self.params = BackendParams.from_stream(self.stream.id, self.stream.direction, params)
-            if self.backend is not None:
+        if self.backend is not None and self.params is not None:
+            try:
                 self.backend.open(self.params)
                 self._backend_ok = True
-        except Exception as exc:  # BackendError, an unsupported format, a host I/O error: never fatal
-            self.stats.backend_errors += 1
-            log.warning("stream %d: back end %s cannot play %s: %s; the stream runs without host audio",
-                        self.stream.id, self.backend.describe() if self.backend else "-", params, exc)
+            except Exception as exc:  # BackendError, a host I/O error: never fatal
+                self.stats.backend_errors += 1
+                log.warning("stream %d: back end %s cannot play %s: %s; the stream runs without host audio",
+                            self.stream.id, self.backend.describe(), geometry, exc)
         name = f"stream {self.stream.id}"
         if self.clock_kind == "fast":
             self.clock = FastClock(self.ctx.loop, self._tick, name=name)
         else:
-            periods = max(1, params.buffer_bytes // params.period_bytes)
-            self._per_tick = max(1, math.ceil(MIN_TICK_SECONDS / params.period_seconds - 1e-9))
-            self.clock = RealTimeClock(self.ctx.loop, params.period_seconds * self._per_tick, self._tick_periods,
-                                       name=name, max_catchup=max(1, periods // (2 * self._per_tick)))
-        log.debug("stream %d: run starts (%s, %s clock)", self.stream.id, params, self.clock_kind)
+            periods = max(1, geometry.buffer_bytes // geometry.period_bytes)
+            self.clock = RealTimeClock(self.ctx.loop, geometry.period_seconds, self._tick,
+                                       name=name, max_catchup=max(1, periods // 2))
+        log.debug("stream %d: run starts (%s, %s clock)", self.stream.id, geometry, self.clock_kind)
         self.clock.start()
 
     def _stop_clock(self) -> None:
@@ -195,26 +258,19 @@ class StreamIo:
         self._stop_clock()
         self._close_backend()
 
-    _per_tick = 1
-
-    def _tick_periods(self, tick: int) -> None:
-        for _ in range(self._per_tick):
-            self._tick(tick)
-
     def _tick(self, tick: int) -> bool:
         """One period; returns True when more messages wait (the fast clock ticks again)."""
-        stream = self.stream
-        if stream.state != StreamState.STARTED:
+        if self.stream.state != StreamState.STARTED:
             return False
-        if not stream.pending or self._capture_would_wrap():
+        if not self.held or self._capture_would_wrap():
             if self.clock_kind != "fast":
                 self._xrun()
             return False
-        if self.clock_kind == "fast" and len(stream.pending) == 1 and not self._releasing_last:
+        if self.clock_kind == "fast" and len(self.held) == 1 and not self._releasing_last:
             self._hold_last()
             return False
         self._releasing_last = False
-        msg = stream.pending.popleft()
+        msg = self.held.popleft()
         self._end_gap(trailing=False)
         if self.playback:
             self._play(msg)
@@ -222,29 +278,25 @@ class StreamIo:
             self._record(msg)
         self.stats.periods += 1
         self.stats.bytes += msg.data_len
-        return bool(stream.pending)
-
-    _releasing_last = False
+        return bool(self.held)
 
     def _capture_would_wrap(self) -> bool:
         """Capture never completes a whole buffer's worth of messages without the driver queuing
         a new one in between: if the driver's period work has not run meanwhile (a busy guest),
         its hardware pointer would move by exactly the buffer size, ALSA would see no progress
         and arecord fails with EIO. A dropped period (an overrun) is the lesser harm."""
-        if self.playback:
+        if self.playback or self.geometry is None:
             return False
-        params = self.stream.effective_params
-        periods = params.buffer_bytes // params.period_bytes
+        periods = self.geometry.buffer_bytes // self.geometry.period_bytes
         return periods >= 2 and self._completed_since_submit >= periods - 1
 
     def _hold_last(self) -> None:
-        if self._hold_timer is None:
-            delay = self.params.period_seconds if self.params else self.stream.effective_params.period_seconds
-            self._hold_timer = self.ctx.loop.call_later(delay, self._release_last)
+        if self._hold_timer is None and self.geometry is not None:
+            self._hold_timer = self.ctx.loop.call_later(self.geometry.period_seconds, self._release_last)
 
     def _release_last(self) -> None:
         self._hold_timer = None
-        if self.stream.state == StreamState.STARTED and self.stream.pending:
+        if self.stream.state == StreamState.STARTED and self.held:
             self._releasing_last = True
             self._tick(0)
             self._releasing_last = False
@@ -264,27 +316,39 @@ class StreamIo:
         iomsg.complete(self.ctx, msg, self._failure_status, latency_bytes=self._latency())
         return True
 
+    def _chunks(self, nbytes: int) -> Iterator[int]:
+        """``nbytes`` cut into pieces of at most CHUNK_BYTES, each a whole number of frames."""
+        geometry = self.geometry or self.stream.effective_params
+        unit = geometry.frame_bits  # bytes of 8 frames: whole bytes and whole samples for every format
+        step = max(1, CHUNK_BYTES // unit) * unit
+        for start in range(0, nbytes, step):
+            yield min(step, nbytes - start)
+
     def _play(self, msg: IoMessage) -> None:
         if self._injected_failure(msg):
             return
         reader = msg.chain.reader()
         reader.skip(iomsg.XFER_SIZE)
-        data = reader.read(msg.data_len)
-        self._backend_call(lambda backend: backend.write(self._scaled(data)))
+        for n in self._chunks(msg.data_len):
+            if not self._backend_ok:
+                break  # nothing to feed: do not even read the guest's frames
+            data = reader.read(n)
+            self._backend_call(lambda backend: backend.write(self._scaled(data)))
         iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency())
-
-    _completed_since_submit = 0
 
     def _record(self, msg: IoMessage) -> None:
         self._completed_since_submit += 1
         if self._injected_failure(msg):
             return
-        data = self._backend_call(lambda backend: backend.read(msg.data_len))
-        if data is None or len(data) != msg.data_len:
-            data = iomsg.silence(self.stream.effective_params, msg.data_len)
-        else:
-            data = self._scaled(data)
-        iomsg.complete(self.ctx, msg, Status.OK, data, latency_bytes=self._latency())
+        writer = msg.chain.writer()
+        for n in self._chunks(msg.data_len):
+            data = self._backend_call(lambda backend: backend.read(n))
+            if data is None or len(data) != n:
+                data = iomsg.silence(self.geometry or self.stream.effective_params, n)
+            else:
+                data = self._scaled(data)
+            writer.write(data)
+        iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency(), writer=writer)
 
     def _scaled(self, data: bytes) -> bytes:
         """The stream's volume/mute controls applied (``data`` itself at 0 dB unmuted)."""
@@ -302,6 +366,8 @@ class StreamIo:
             return 0
 
     def _backend_call(self, fn):
+        """``fn(backend)``'s result; None without a working back end. A failing back end is
+        logged once and closed: the stream carries on without host audio."""
         if not self._backend_ok or self.backend is None:
             return None
         try:
@@ -316,12 +382,14 @@ class StreamIo:
     # -- xruns ------------------------------------------------------------------------------------
 
     def _xrun(self) -> None:
-        params = self.params
-        period = params.period_bytes if params is not None else self.stream.effective_params.period_bytes
-        if self.playback:
-            self._backend_call(lambda backend: backend.play_silence(period))
-        else:
-            self._backend_call(lambda backend: backend.read(period))  # a live source keeps its pace
+        geometry = self.geometry or self.stream.effective_params
+        for n in self._chunks(geometry.period_bytes):
+            if not self._backend_ok:
+                break
+            if self.playback:
+                self._backend_call(lambda backend: backend.play_silence(n))
+            else:
+                self._backend_call(lambda backend: backend.read(n))  # a live source keeps its pace
         self.stats.xrun_periods += 1
         if self._gap == 0:
             self.stats.xruns += 1
@@ -333,7 +401,7 @@ class StreamIo:
         if not self._gap:
             return
         periods, self._gap = self._gap, 0
-        seconds = periods * (self.params.period_seconds if self.params else 0.0)
+        seconds = periods * (self.geometry.period_seconds if self.geometry else 0.0)
         what = ("underrun: %d periods (%.0f ms) of silence played" if self.playback
                 else "overrun: %d periods (%.0f ms) of captured audio dropped (no guest buffer)")
         level = logging.DEBUG if trailing else logging.INFO

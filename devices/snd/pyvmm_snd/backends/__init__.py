@@ -38,11 +38,11 @@ class BackendType:
     help: str
     options: dict[str, str]
     factory: Callable[..., PcmBackend]
-    """``factory(options, direction, stream_id)``."""
+    """``factory(options, direction, stream_id, claim)``."""
 
 
 def _simple(cls: type[PcmBackend]) -> Callable[..., PcmBackend]:
-    return lambda options, direction, stream_id: cls(options, direction)
+    return lambda options, direction, stream_id, claim: cls(options, direction)
 
 
 
@@ -60,11 +60,13 @@ BACKENDS: dict[str, BackendType] = {
 
 
 def create_backend(name: str, options: dict[str, str], direction: Direction,
-                   stream_id: int | None = None) -> PcmBackend:
-    """A back end for one stream; a one-line :class:`VmmError` for an unknown back end or option.
+                   stream_id: int | None = None, claim: bool = True) -> PcmBackend:
+    """A back end for one stream; a one-line :class:`VmmError` for an unknown back end, a bad
+    option or a host resource it could never use (an unwritable WAV path).
 
     ``stream_id`` (optional) lets back ends that name host resources after the stream
-    (wav files) detect clashes now rather than when the guest starts playing.
+    (wav files) check them now rather than when the guest starts playing; with ``claim`` the
+    resource is also reserved now, so two streams naming the same file is a start-up error.
     """
     kind = BACKENDS.get(name)
     if kind is None:
@@ -73,7 +75,7 @@ def create_backend(name: str, options: dict[str, str], direction: Direction,
     if unknown:
         known = ", ".join(kind.options) or "none"
         raise VmmError(f"virtio-snd backend {name}: unknown option {unknown[0]!r} (known: {known})")
-    return kind.factory(dict(options), Direction(direction), stream_id)
+    return kind.factory(dict(options), Direction(direction), stream_id, claim)
 
 
 def describe_backends() -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import weakref
 from pathlib import Path
 
@@ -57,10 +58,35 @@ _HEADER_PROBE = 4096
 _claimed_paths: weakref.WeakValueDictionary[str, PcmBackend] = weakref.WeakValueDictionary()
 
 
-def create_wav_backend(options: dict[str, str], direction: Direction, stream_id: int | None = None) -> PcmBackend:
+def create_wav_backend(options: dict[str, str], direction: Direction, stream_id: int | None = None,
+                       claim: bool = True) -> PcmBackend:
     if direction == Direction.OUTPUT:
-        return WavSink(options, direction, stream_id)
+        return WavSink(options, direction, stream_id, claim)
     return WavSource(options, direction)
+
+
+def check_output_path(path: Path) -> None:
+    """Raise BackendError unless ``path`` can be a WAV file written without ever blocking:
+    in an existing, writable directory, and a regular file if it exists (not a directory,
+    a FIFO that would block until a reader comes, or a device such as /dev/full)."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise BackendError(f"wav: cannot write {path}: directory {parent} does not exist")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise BackendError(f"wav: cannot write {path}: directory {parent} is not writable") from None
+        return
+    except OSError as exc:
+        raise BackendError(f"wav: cannot write {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise BackendError(f"wav: cannot write {path}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise BackendError(f"wav: cannot write {path}: not a regular file (a FIFO, device or socket); "
+                           f"use backend=null to discard playback")
+    if not os.access(path, os.W_OK):
+        raise BackendError(f"wav: cannot write {path}: permission denied")
 
 
 def numbered_path(path: Path, index: int) -> Path:
@@ -72,8 +98,10 @@ class WavSink(PcmBackend):
     NAME = "wav"
     OPTIONS = OPTIONS
 
-    def __init__(self, options: dict[str, str], direction: Direction, stream_id: int | None = None):
-        """With ``stream_id`` the file name is claimed now, so a clash is a start-up error."""
+    def __init__(self, options: dict[str, str], direction: Direction, stream_id: int | None = None,
+                 claim: bool = True):
+        """With ``stream_id`` the path is checked now (and claimed, with ``claim``), so an
+        unwritable path or a clash is a start-up error."""
         super().__init__(options, direction)
         if "path" not in options:
             raise VmmError("virtio-snd backend wav: playback streams need backend.path=FILE.wav")
@@ -90,7 +118,10 @@ class WavSink(PcmBackend):
         self._failed = False
         if stream_id is not None:
             try:
-                self._base_path(stream_id)
+                path = Path(self.path_template.replace("{stream}", str(stream_id))).absolute()
+                check_output_path(path)
+                if claim:
+                    self._base_path(stream_id)
             except BackendError as exc:
                 raise VmmError(f"virtio-snd backend {exc}") from None
 
@@ -121,10 +152,7 @@ class WavSink(PcmBackend):
             self._base, self._index = base, -1
         self._index += 1
         path = numbered_path(base, self._index)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise BackendError(f"wav: cannot create {path}: {exc.strerror}") from None
+        fd = _open_regular(path, os.O_CREAT | os.O_TRUNC)
         self._fd, self._layout, self._data_size, self.path, self._failed = fd, layout, 0, path, False
         self.files.append(path)
         self.stats.count("files")
@@ -139,10 +167,7 @@ class WavSink(PcmBackend):
         if self._fd is not None:
             return
         assert self.path is not None
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise BackendError(f"wav: cannot reopen {self.path}: {exc.strerror}") from None
+        self._fd = _open_regular(self.path, 0)
         log.debug("wav: appending to %s", self.path)
 
     def write(self, data: bytes) -> None:
@@ -195,6 +220,20 @@ class WavSink(PcmBackend):
 
     def describe(self) -> str:
         return f"wav {self.path or self.path_template}"
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open ``path`` for writing, never blocking the device loop: O_NONBLOCK makes a FIFO
+    without a reader fail (ENXIO) instead of waiting, and anything but a regular file that
+    appeared since start-up is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | flags, 0o644)
+    except OSError as exc:
+        raise BackendError(f"wav: cannot open {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BackendError(f"wav: cannot write {path}: not a regular file")
+    return fd
 
 
 class WavSource(PcmBackend):
