@@ -79,6 +79,17 @@ def _qmp_spec(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def _gdb_address(ctx, param, value):
+    if value is None:
+        return None
+    from pyvmm.gdbstub.server import GdbAddress
+
+    try:
+        return GdbAddress.parse(value)
+    except VmmError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (vmlinux ELF or bzImage). Default: the default guest.")
 @click.option("--initrd", type=click.Path(path_type=Path), help="Initramfs. Default: the default guest's (only with the default kernel).")
@@ -95,12 +106,16 @@ def _qmp_spec(ctx, param, value):
 @click.option("--stats", is_flag=True, help="Print run time and VM exits by reason when the VM stops.")
 @click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
 @click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP (QEMU's JSON protocol) on this unix socket; 'server' alone waits for a client before the guest starts.")
+@click.option("--gdb", "gdb_address", callback=_gdb_address, metavar="tcp::PORT|unix:PATH", help="Serve a gdb stub (tcp::1234 listens on localhost; 'pyvmm gdb' connects).")
+@click.option("--gdb-wait", is_flag=True, help="With --gdb: hold the vCPUs before the first instruction until gdb continues (like QEMU -S).")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, stats, monitor_path, qmp, verbose, trace, command):
+        serial_log, timeout, stats, monitor_path, qmp, gdb_address, gdb_wait, verbose, trace, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
+    if gdb_wait and gdb_address is None:
+        raise click.BadParameter("--gdb-wait needs --gdb", param_hint="'--gdb-wait'")
     if kernel is None:
         from pyvmm.guestimage import build_default_guest
 
@@ -135,7 +150,8 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     config.validate()
     from pyvmm.vm import run_vm
 
-    sys.exit(run_vm(config, timeout=timeout, stats=stats, monitor_path=monitor_path, qmp=qmp))
+    sys.exit(run_vm(config, timeout=timeout, stats=stats, monitor_path=monitor_path, qmp=qmp,
+                    gdb_address=gdb_address, gdb_wait=gdb_wait))
 
 
 @main.command("monitor", context_settings={"ignore_unknown_options": True})

@@ -363,9 +363,11 @@ class Vm:
 
 
 def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False,
-           monitor_path: str | None = None, qmp: QmpSpec | None = None) -> int:
+           monitor_path: str | None = None, qmp: QmpSpec | None = None, gdb_address=None,
+           gdb_wait: bool = False) -> int:
     vm = Vm(config)
     servers = []
+    gdb_server = None
     try:
         if monitor_path is not None:
             from pyvmm.monitor import MonitorServer, vm_monitor
@@ -375,14 +377,23 @@ def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = Fa
             from pyvmm.qmp import serve_vm
 
             servers.append(serve_vm(vm, qmp))
+        if gdb_address is not None:
+            from pyvmm.gdbstub import start_gdb_server
+
+            gdb_server = start_gdb_server(vm, gdb_address, wait=gdb_wait)
+            if gdb_wait:
+                print(f"pyvmm: waiting for gdb on {gdb_server.address} ('pyvmm gdb' connects)", file=sys.stderr)
     except BaseException:
         for server in servers:
             server.close()
         vm.shutdown()
         raise
+    status = None
     try:
         status = vm.run(timeout)
     finally:
+        if gdb_server is not None:
+            gdb_server.close(status)  # a debugger waiting for the guest learns its exit status
         for server in reversed(servers):
             server.close()
     if stats:

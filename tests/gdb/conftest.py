@@ -1,0 +1,6 @@
+"""The gdb tests reuse the tiny guests of tests/kvm."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kvm"))
