@@ -107,19 +107,24 @@ def _gdb_address(ctx, param, value):
 @click.option("--monitor", "monitor_path", type=click.Path(dir_okay=False), help="Serve the monitor on this unix socket ('pyvmm monitor PATH' talks to it).")
 @click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP (QEMU's JSON protocol) on this unix socket; 'server' alone waits for a client before the guest starts.")
 @click.option("--gdb", "gdb_address", callback=_gdb_address, metavar="tcp::PORT|unix:PATH", help="Serve a gdb stub (tcp::1234 listens on localhost; 'pyvmm gdb' connects).")
+@click.option("--debug-kernel", is_flag=True, help="Boot the default guest's debug kernel (DWARF, gdb scripts; built on first use).")
 @click.option("--gdb-wait", is_flag=True, help="With --gdb: hold the vCPUs before the first instruction until gdb continues (like QEMU -S).")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, stats, monitor_path, qmp, gdb_address, gdb_wait, verbose, trace, command):
+        serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose, trace,
+        command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if gdb_wait and gdb_address is None:
         raise click.BadParameter("--gdb-wait needs --gdb", param_hint="'--gdb-wait'")
+    if debug_kernel and kernel is not None:
+        raise click.BadParameter("--debug-kernel boots the default guest's debug kernel: drop --kernel",
+                                 param_hint="'--debug-kernel'")
     if kernel is None:
         from pyvmm.guestimage import build_default_guest
 
-        image = build_default_guest(progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
+        image = build_default_guest(debug=debug_kernel, progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
         kernel = image.vmlinux
         initrds = [initrd or image.initramfs]
         base_cmdline = image.cmdline
@@ -187,6 +192,34 @@ def monitor_client(path, command):
                 click.echo(f"error: {text}", err=True)
             if ok and line.split()[0] == "quit":
                 break
+
+
+@main.command("gdb", context_settings={"ignore_unknown_options": True})
+@click.option("--connect", "address", default="tcp::1234", show_default=True, callback=_gdb_address,
+              metavar="tcp::PORT|unix:PATH", help="Where the VM's gdb stub listens (pyvmm run --gdb ...).")
+@click.option("--tree", type=click.Path(path_type=Path, file_okay=False), help="Use the vmlinux built from this kernel tree.")
+@click.option("--vmlinux", type=click.Path(path_type=Path, dir_okay=False), help="Use this vmlinux (default: the kernel the VM booted).")
+@click.option("--print-command", is_flag=True, help="Print the gdb command line instead of running it.")
+@click.argument("gdb_args", nargs=-1, type=click.UNPROCESSED)
+def gdb_command(address, tree, vmlinux, print_command, gdb_args):
+    """Start Debian's gdb on a running VM, with its vmlinux and the kernel's gdb scripts (lx-dmesg, lx-symbols).
+
+    GDB_ARGS (after '--') are added to gdb's command line, e.g. '-- -batch -ex bt'.
+    """
+    import os
+
+    from pyvmm.gdbstub.launcher import find_kernel, gdb_argv
+
+    kernel = find_kernel(address, vmlinux=vmlinux, tree=tree)
+    if kernel.scripts_dir is None:
+        click.echo(f"pyvmm: no {'vmlinux-gdb.py'} next to {kernel.vmlinux}: lx-* commands unavailable "
+                   "(build with CONFIG_GDB_SCRIPTS, e.g. 'pyvmm guest build --debug')", err=True)
+    argv = gdb_argv(kernel, address, list(gdb_args))
+    if print_command:
+        click.echo(shlex.join(argv))
+        return
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 @main.group()

@@ -12,12 +12,11 @@ import logging
 import os
 import select
 import socket
-import stat
-import tempfile
 import threading
 from dataclasses import dataclass
 
 from pyvmm.errors import VmmError
+from pyvmm.unixsocket import listen_unix
 
 from .session import GdbSession
 from .target import DebugTarget
@@ -52,39 +51,6 @@ class GdbAddress:
         return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
 
 
-def _listen_unix(path: str) -> socket.socket:
-    """A listening unix socket at ``path`` that only our user can connect to (0600 from the start).
-
-    The socket is bound inside a fresh 0700 directory, made 0600, then renamed into place, so
-    there is no moment when it exists with the umask's permissions.
-    """
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise VmmError(f"gdb socket {path} exists and is not a socket")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(path)
-                raise VmmError(f"gdb socket {path} is in use by another process")
-            except OSError:
-                os.unlink(path)  # stale, left by a killed VMM
-    directory = tempfile.mkdtemp(prefix=".pyvmm-gdb-", dir=os.path.dirname(os.path.abspath(path)))
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        staging = os.path.join(directory, "s")
-        sock.bind(staging)
-        os.chmod(staging, 0o600)
-        os.rename(staging, path)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
-    return sock
-
-
 class GdbServer:
     def __init__(self, target: DebugTarget, address: GdbAddress):
         self.target = target
@@ -95,10 +61,10 @@ class GdbServer:
         self._closing = False
         try:
             if address.kind == "unix":
-                self._sock = _listen_unix(address.path)
+                self._sock = listen_unix(address.path, what="gdb socket")
             else:
-                self._sock = socket.create_server((address.host, address.port), reuse_port=False)
-            self._sock.listen(1)
+                self._sock = socket.create_server((address.host, address.port))
+                self._sock.listen(1)
         except OSError as exc:
             raise VmmError(f"cannot listen for gdb on {address}: {exc.strerror or exc}") from None
         if address.kind == "tcp" and address.port == 0:
@@ -122,6 +88,8 @@ class GdbServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 continue
+            if self._session_thread is not None:
+                self._session_thread.join(1.0)  # a debugger that just left may still be cleaning up
             if self._session_thread is not None and self._session_thread.is_alive():
                 log.warning("gdb: refusing a second debugger connection")
                 conn.close()

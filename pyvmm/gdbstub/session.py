@@ -52,6 +52,7 @@ class GdbSession:
         self._wake_fd = wake_fd
         self._exit_status = exit_status  # callable: the VM's exit status once it stopped, else None
         self.detached = False
+        self._held = not target.running  # the guest waited for a debugger (--gdb-wait) when we connected
 
     # -- I/O --------------------------------------------------------------------------
 
@@ -91,10 +92,13 @@ class GdbSession:
             return
         except OSError as exc:
             log.info("gdb: connection lost: %s", exc)
-        # The client vanished without detaching: do what detach does, so the guest is not left frozen.
+        # The client vanished without detaching: remove its breakpoints and let the guest run on,
+        # unless the guest was waiting for a debugger and this client never let it run (a probe
+        # such as 'pyvmm gdb' asking which kernel the VM booted must not start it).
         if not self.detached:
-            self.target.detach()
-            log.info("gdb: debugger gone; breakpoints removed, the guest runs on")
+            self.target.detach(resume=not self._held)
+            log.info("gdb: debugger gone; breakpoints removed%s",
+                     "" if self._held else ", the guest runs on")
 
     def _vm_exited(self) -> bool:
         status = self._exit_status() if self._exit_status is not None else None
@@ -355,6 +359,7 @@ class GdbSession:
             self.target.resume(actions)
         except BreakpointError as exc:
             return b"E.01." + str(exc).encode("ascii", "replace")
+        self._held = False
         self.waiting = True
         return None
 

@@ -173,20 +173,23 @@ class DebugTarget:
         self._control[index] = control
         self.vcpus[index].fd.set_guest_debug(control, self.hw.debugreg() if self.hw else ())
 
-    def detach(self) -> None:
-        """Remove every breakpoint, stop debugging, let the guest run on."""
+    def detach(self, resume: bool = True) -> None:
+        """Remove every breakpoint, stop debugging, let the guest run on (unless ``resume`` is False)."""
         for address in list(self.sw.saved):
             self._remove_sw(address)
         self.hw.clear()
         self._sw_as_hw.clear()
+        held = [vcpu.pause_requested for vcpu in self.vcpus]
+        self._pause_all()  # KVM_SET_GUEST_DEBUG needs the vCPU out of KVM_RUN
+        self._drain()
         with self._lock:
             self._stepping.clear()
             self._pending = None
-            self._running = True
+            self._running = resume
         for index, vcpu in enumerate(self.vcpus):
-            if vcpu.is_paused or not vcpu.running:
-                self._program(index)
-            vcpu.resume()
+            self._program(index)
+            if resume or not held[index]:
+                vcpu.resume()
 
     # -- debug exits (vCPU thread) ------------------------------------------------------
 
