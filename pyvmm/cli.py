@@ -32,6 +32,11 @@ class _Group(click.Group):
 def _verbosity_options(fn):
     fn = click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")(fn)
     fn = click.option("--trace", is_flag=True, help="Log every VM exit and device access (very verbose).")(fn)
+    fn = click.option("--trace-dev", "trace_devices", multiple=True, metavar="DEV[:CAT,...]",
+                      help="Decoded device trace on stderr: DEV is snd, snd0 or all; CAT from "
+                           "ctl,io,evt,queue,irq,mmio,fault (default: all but mmio). Repeatable.")(fn)
+    fn = click.option("--trace-file", type=click.Path(path_type=Path, dir_okay=False),
+                      help="Write the device trace as JSON lines to this file ('pyvmm trace summary|plot' read it).")(fn)
     return fn
 
 
@@ -113,7 +118,7 @@ def _gdb_address(ctx, param, value):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
         serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose, trace,
-        command):
+        trace_devices, trace_file, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if gdb_wait and gdb_address is None:
@@ -151,6 +156,8 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
         boot_protocol=boot_protocol,
         serial_log=serial_log,
         extra_initrd_data=extra_data,
+        trace_devices=list(trace_devices),
+        trace_file=trace_file,
     )
     config.validate()
     from pyvmm.vm import run_vm
@@ -249,17 +256,53 @@ def guest_build(debug, force):
 @click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP on this unix socket (stop/cont pause the device's clock).")
 @_verbosity_options
 @click.argument("options", nargs=-1)
-def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, options):
+def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, trace_devices, trace_file, options):
     """Serve DEVICE (e.g. snd or virtio-snd) as a vhost-user back end; OPTIONS are key=value device options."""
     pyvmm_log.setup(verbose, trace)
     from pyvmm import plugins
+    from pyvmm.config import check_trace_options
+    from pyvmm.trace import Tracer
     from pyvmm.vhost_user import serve
+
+    check_trace_options(list(trace_devices), trace_file)
 
     spec = DeviceSpec.parse(",".join([device, *options]))
     if spec.name not in plugins.available_devices() and f"virtio-{spec.name}" in plugins.available_devices():
         spec = DeviceSpec(f"virtio-{spec.name}", spec.options)
-    serve(plugins.create_device(spec), socket_path, once=once, monitor_path=monitor_path, device_name=spec.name,
-          qmp=qmp)
+    device_obj = plugins.create_device(spec)
+    tracer = Tracer.from_options(trace_devices, trace_file)
+    try:
+        serve(device_obj, socket_path, once=once, monitor_path=monitor_path, device_name=spec.name, qmp=qmp,
+              tracer=tracer)
+    finally:
+        if tracer is not None:
+            tracer.close()
+
+
+@main.group("trace")
+def trace_group():
+    """Read device traces written with --trace-file."""
+
+
+@trace_group.command("summary")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def trace_summary(path):
+    """Per-stream figures: messages, periods, underruns, gaps between completions, lateness."""
+    from pyvmm.trace.summary import format_summary
+
+    click.echo(format_summary(path))
+
+
+@trace_group.command("plot")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default="timeline.png",
+              show_default=True, help="PNG to write.")
+def trace_plot(path, output):
+    """Timeline per stream: messages in flight, completion lateness, xruns and faults marked."""
+    from pyvmm.trace.plot import plot_timeline
+
+    count = plot_timeline(path, output)
+    click.echo(f"{output}: {count} stream(s)")
 
 
 if __name__ == "__main__":

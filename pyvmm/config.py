@@ -119,6 +119,10 @@ class MachineConfig:
     serial_log: Path | None = None
     extra_initrd_data: list[bytes] = field(default_factory=list)
     """cpio archives made by the CLI itself (e.g. the command for ``pyvmm run -- CMD``)."""
+    trace_devices: list[str] = field(default_factory=list)
+    """``--trace-dev`` values (``snd``, ``snd0:ctl,io``): decoded device traces on stderr."""
+    trace_file: Path | None = None
+    """``--trace-file``: the same records as JSON lines (:mod:`pyvmm.trace.schema`)."""
 
     def validate(self) -> None:
         if not self.kernel.is_file():
@@ -140,5 +144,19 @@ class MachineConfig:
         from pyvmm.arch.x86_64.cpuid import parse_cpu_spec
 
         parse_cpu_spec(self.cpu_model)
+        check_trace_options(self.trace_devices, self.trace_file)
         if len(self.cmdline.encode()) >= 2048:
             raise VmmError("kernel command line is longer than the 2047 bytes Linux accepts")
+
+
+def check_trace_options(trace_devices: list[str], trace_file: Path | None) -> None:
+    """``--trace-dev``/``--trace-file`` are one-line errors before the guest boots."""
+    from pyvmm.trace import parse_trace_specs
+
+    parse_trace_specs(trace_devices)
+    if trace_file is not None:
+        parent = Path(trace_file).parent
+        if Path(trace_file).is_dir():
+            raise VmmError(f"--trace-file {trace_file} is a directory")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise VmmError(f"--trace-file {trace_file}: directory {parent} does not exist or is not writable")

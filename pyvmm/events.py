@@ -20,7 +20,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from pyvmm.trace import Tracer
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,11 @@ Subscriber = Callable[[Event], None]
 class EventBus:
     """Fan-out of :class:`Event` to subscribers (thread-safe; see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracer: Tracer | None = None) -> None:
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
+        self.tracer = tracer
+        """Where decoded trace records go (``--trace-dev``/``--trace-file``); None: not traced."""
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn(event)`` for every later event; returns a function that unsubscribes."""
@@ -74,15 +79,30 @@ class EventBus:
 
 
 class EventSink:
-    """What a device publishes through: ``sink.emit("SND_PCM_XRUN", stream=0)`` adds ``device``."""
+    """What a device publishes through: ``sink.emit("SND_PCM_XRUN", stream=0)`` adds ``device``;
+    ``if sink.tracing("io"): sink.trace("io", "complete", stream=0, ...)`` records a trace line
+    (:mod:`pyvmm.trace`) when that category of this device is traced."""
 
     def __init__(self, bus: EventBus | None, device: str):
         self.bus = bus
         self.device = device
+        tracer = bus.tracer if bus is not None else None
+        self._tracer = tracer
+        self.traced: frozenset[str] = tracer.categories_for(device) if tracer is not None else frozenset()
+        """The trace categories on for this device (empty: tracing off, and free)."""
 
     def emit(self, name: str, **data: Any) -> None:
         if self.bus is not None:
             self.bus.emit(name, device=self.device, **data)
+
+    def tracing(self, category: str) -> bool:
+        """Is ``category`` (``ctl``, ``io``, ...) traced for this device? Check before building a record."""
+        return category in self.traced
+
+    def trace(self, category: str, kind: str, **fields: Any) -> None:
+        """Record ``kind`` with ``fields`` (JSON-able) if ``category`` is traced for this device."""
+        if category in self.traced:
+            self._tracer.record(self.device, category, kind, fields)
 
 
 NO_EVENTS = EventSink(None, "")

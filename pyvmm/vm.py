@@ -35,6 +35,7 @@ from pyvmm.console import stdio_console
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.errors import VmmError
 from pyvmm.events import EventBus
+from pyvmm.trace import Tracer
 from pyvmm.kvm import Kvm
 from pyvmm.legacy.irq import GsiLine
 from pyvmm.legacy.ports import install_legacy_devices
@@ -100,7 +101,9 @@ class Vm:
     def __init__(self, config: MachineConfig):
         self.config = config
         self.stats = VmStats()
-        self.events = EventBus()
+        self.tracer = Tracer.from_options(config.trace_devices,
+                                          str(config.trace_file) if config.trace_file else None)
+        self.events = EventBus(self.tracer)
         self.device_names = device_names(spec.name for spec in config.devices)
         """Short names (``snd0``) used by the monitor, QMP and device events."""
         self._stop_reason: StopReason | None = None
@@ -360,6 +363,8 @@ class Vm:
         for resource in (self.vm_fd, self.memory, self.kvm):
             if resource is not None:
                 resource.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
 
 def run_vm(config: MachineConfig, timeout: float | None = None, stats: bool = False,

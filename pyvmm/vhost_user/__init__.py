@@ -25,16 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_path: str | None = None,
-          device_name: str = "device", qmp=None) -> None:
+          device_name: str = "device", qmp=None, tracer=None) -> None:
     """Serve ``device`` on ``socket_path`` until SIGTERM/SIGINT (or, with ``once``, until the
     first front end disconnects); then stop the device and ``close()`` it. With ``monitor_path``,
     also serve the monitor (:mod:`pyvmm.monitor`) there; its ``quit`` stops the back end. With
-    ``qmp`` (a :class:`pyvmm.config.QmpSpec`), also serve QMP (:mod:`pyvmm.qmp`)."""
+    ``qmp`` (a :class:`pyvmm.config.QmpSpec`), also serve QMP (:mod:`pyvmm.qmp`). With ``tracer``
+    (:class:`pyvmm.trace.Tracer`), the device's trace records go there."""
     events = DeviceEventLoop("vhost-user").start()
     server = VhostUserServer(device, socket_path, events, once=once)
     previous: dict[int, object] = {}
     monitor_server = qmp_server = machine = None
-    bus = EventBus()
+    bus = EventBus(tracer)
     from pyvmm.monitor import device_names
 
     device.event_sink = bus.sink(device_names([device_name])[0])

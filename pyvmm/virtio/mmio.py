@@ -150,6 +150,9 @@ class MmioTransport:
             return b"\0" * size
         value = self._read_register(offset)
         log.log(5, "%s: read %s = %#x", self.name, _reg_name(offset), value)
+        sink = self.device.event_sink
+        if sink.tracing("mmio"):
+            sink.trace("mmio", "read", reg=_reg_name(offset), value=value)
         return value.to_bytes(4, "little")
 
     def write(self, offset: int, data: bytes) -> None:
@@ -165,6 +168,9 @@ class MmioTransport:
             return
         value = int.from_bytes(data, "little")
         log.log(5, "%s: write %s = %#x", self.name, _reg_name(offset), value)
+        sink = self.device.event_sink
+        if sink.tracing("mmio"):
+            sink.trace("mmio", "write", reg=_reg_name(offset), value=value)
         self._write_register(offset, value)
 
     def _selected_queue(self) -> SplitQueue | None:
@@ -352,6 +358,8 @@ class MmioTransport:
         for q in queues:
             q.signal_used = lambda i=q.index: self._signal_used(queues, i)
             q.request_reset = lambda reason: self._request_reset_for(queues, reason)
+            if self.device.event_sink.tracing("queue"):
+                q.on_fault = self._trace_fault
         ctx = DeviceContext(
             memory=self.memory,
             queues=queues,
@@ -423,6 +431,11 @@ class MmioTransport:
                 self._kicked_early.add(index)
             return
         self.kicks[index] += 1
+        sink = self.device.event_sink
+        if sink.tracing("queue"):
+            queue = self._active[index]
+            sink.trace("queue", "notify", queue=index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
+                       in_flight=queue.in_flight)
         self._serve(self._active[index])
 
     def _serve(self, queue: SplitQueue) -> None:
@@ -446,6 +459,9 @@ class MmioTransport:
         with self._lock:
             self.interrupt_status |= bits
             self.interrupts += 1
+        sink = self.device.event_sink
+        if sink.tracing("irq"):
+            sink.trace("irq", "config" if bits & C.MMIO_INT_CONFIG else "used", status=bits)
         self.interrupt.trigger()
 
     def _signal_used(self, queues: list[SplitQueue], index: int) -> None:
@@ -479,6 +495,10 @@ class MmioTransport:
             self.status |= int(Status.DEVICE_NEEDS_RESET)
         self._raise(C.MMIO_INT_CONFIG)
 
+
+    def _trace_fault(self, queue: SplitQueue, kind, detail: str) -> None:
+        self.device.event_sink.trace("queue", "fault", queue=queue.index, fault=kind.name,
+                                     section=kind.section, detail=detail)
 
     def _guest_error(self, message: str, *args: object) -> None:
         guest_error(log, "%s: " + message, self.name, *args)
