@@ -8,6 +8,7 @@ guest-physical addresses, which :class:`~pyvmm.memory.GuestMemory` resolves.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from dataclasses import dataclass
@@ -38,6 +39,22 @@ class RegionInfo:
     def __str__(self) -> str:
         return (f"gpa {self.guest_addr:#x}+{self.size:#x} (front-end va {self.user_addr:#x},"
                 f" fd offset {self.mmap_offset:#x})")
+
+
+def _check_cannot_shrink(info: RegionInfo, fd: int) -> None:
+    """Refuse a file the front end could truncate while it is mapped here.
+
+    Touching a mapped page past the end of its file raises SIGBUS, which would kill the back
+    end without a word (Python cannot recover from it). Only a memfd sealed with F_SEAL_SHRINK
+    is guaranteed never to shrink; QEMU's memory-backend-memfd seals its RAM so by default.
+    """
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        seals = None  # not a memfd or shmem file: any writer may truncate it
+    if seals is None or not seals & fcntl.F_SEAL_SHRINK:
+        raise RequestError(f"memory region {info} can shrink under the back end: its fd is not a memfd "
+                           f"sealed with F_SEAL_SHRINK (use QEMU's memory-backend-memfd, which seals)")
 
 
 class FrontendMemoryMap:
@@ -114,6 +131,7 @@ class FrontendMemoryMap:
         """Map ``fd``; on success the region owns it, on failure the caller still does."""
         if info.size == 0:
             raise RequestError(f"empty memory region {info}")
+        _check_cannot_shrink(info, fd)
         try:
             region = MemoryRegion.from_fd(info.guest_addr, info.size, fd, info.mmap_offset)
         except (OSError, ValueError, OverflowError) as exc:

@@ -13,7 +13,8 @@ from pyvmm.vhost_user.backend import PROTOCOL_FEATURES
 from pyvmm.virtio import constants as vc
 from pyvmm.virtio.testing import ECHO_CONFIG, ECHO_CONFIG_MAGIC, GuestAllocator
 
-from vhost_frontend import ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, start_device, wait_for
+from vhost_frontend import (ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, shared_memfd, start_device,
+                            wait_for)
 
 
 def test_features_and_limits(frontend, device):
@@ -190,9 +191,8 @@ def test_memory_slot_limit(frontend):
     fds = []
     try:
         for slot in range(m.MAX_MEM_SLOTS + 1):
-            fd = os.memfd_create("slot")
+            fd = shared_memfd("slot", 4096)
             fds.append(fd)
-            os.ftruncate(fd, 4096)
             gpa = slot * 0x10000
             region = bytes(m.SingleMemoryRegion(0, m.MemoryRegionDesc(gpa, 4096, gpa + USER_OFFSET, 0)))
             status = frontend.acked(m.FrontendRequest.ADD_MEM_REG, region, [fd])

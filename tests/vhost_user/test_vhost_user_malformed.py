@@ -6,11 +6,7 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +17,8 @@ from pyvmm.vhost_user import messages as m
 from pyvmm.vhost_user.connection import ProtocolError
 from pyvmm.vhost_user.server import bind_unix_listener
 
-from vhost_frontend import ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, start_device, wait_for
+from vhost_frontend import (ECHO_FEATURE, USER_OFFSET, connect, eventfd_fired, run_serve, shared_memfd, start_device,
+                            wait_for)
 
 R = m.FrontendRequest
 
@@ -217,14 +214,13 @@ def test_random_requests_against_a_running_device(server, device, sequence):
             if fd_kind == "eventfd":
                 fds.append(os.eventfd(0, os.EFD_NONBLOCK))
             elif fd_kind == "memfd":
-                fds.append(os.memfd_create("fuzz"))
-                os.ftruncate(fds[0], 1 << 16)
+                fds.append(shared_memfd("fuzz", 1 << 16))
             try:
                 fe.send(request, payload, fds, need_reply=True)
             finally:
                 for fd in fds:
                     os.close(fd)
-            fe.conn.sock.settimeout(2)
+            fe.conn.timeout = 2
             try:
                 if fe.conn.recv() is None:
                     break  # the back end hung up on a request it could not answer
@@ -250,33 +246,6 @@ def test_bind_refuses_a_live_socket_and_replaces_a_stale_one(tmp_path):
     other.write_text("x")
     with pytest.raises(VmmError, match="not a socket"):
         bind_unix_listener(str(other))
-
-
-SERVE_SCRIPT = textwrap.dedent("""
-    import logging, sys
-    sys.path.insert(0, {tests!r})
-    from vhost_frontend import EchoDevice
-    from pyvmm.vhost_user import serve
-
-    class Device(EchoDevice):
-        def close(self):
-            print("device closed", flush=True)
-
-    logging.basicConfig(level=logging.INFO)
-    serve(Device(), {path!r}, once={once!r})
-    print("serve returned", flush=True)
-""")
-
-
-def run_serve(tmp_path: Path, once: bool) -> tuple[subprocess.Popen, str]:
-    path = str(tmp_path / "serve.sock")
-    script = SERVE_SCRIPT.format(tests=str(Path(__file__).parent), path=path, once=once)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    if not wait_for(lambda: os.path.exists(path) or proc.poll() is not None, timeout=20):
-        proc.kill()
-        pytest.fail("serve() did not create its socket")
-    return proc, path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -10,10 +10,15 @@ ring addresses reads the wrong place. The guest driver's side of each ring is
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import select
 import socket
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 from pyvmm.memory import GuestMemory, MemoryRegion
 from pyvmm.vhost_user import messages as m
@@ -24,6 +29,16 @@ from pyvmm.virtio.testing import EchoDevice as SharedEchoDevice
 from pyvmm.virtio.testing.devices import ECHO_FEATURE_UPPERCASE
 
 USER_OFFSET = 0x7F00_0000_0000
+
+
+def shared_memfd(name: str, size: int, sealed: bool = True) -> int:
+    """Guest RAM as QEMU's memory-backend-memfd makes it: a memfd sealed against shrinking and
+    growing (``seal=on``, its default). ``sealed=False``: a file the front end may truncate."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if sealed:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    return fd
 
 
 def wait_readable(fd: int, timeout: float = 5.0) -> bool:
@@ -41,9 +56,9 @@ def eventfd_fired(fd: int, timeout: float = 5.0) -> bool:
 class FrontEnd:
     """Sends vhost-user requests the way QEMU does and reads the replies."""
 
-    def __init__(self, sock: socket.socket, ram_size: int = 2 << 20, ram_base: int = 0):
+    def __init__(self, sock: socket.socket, ram_size: int = 2 << 20, ram_base: int = 0, sealed: bool = True):
         self.conn = Connection(sock, timeout=5.0)
-        self.region = MemoryRegion.create(ram_base, ram_size, "vhost-test-ram")
+        self.region = MemoryRegion.from_fd(ram_base, ram_size, shared_memfd("vhost-test-ram", ram_size, sealed))
         self.memory = GuestMemory([self.region])
         self.kick_fds: dict[int, int] = {}
         self.call_fds: dict[int, int] = {}
@@ -140,10 +155,10 @@ class FrontEnd:
         return state.num
 
 
-def connect(path: str) -> FrontEnd:
+def connect(path: str, **options) -> FrontEnd:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    return FrontEnd(sock)
+    return FrontEnd(sock, **options)
 
 
 def wait_for(condition, timeout: float = 5.0) -> bool:
@@ -198,3 +213,31 @@ class EchoDevice(SharedEchoDevice):
 
     def close(self) -> None:
         self.closed = True
+
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    sys.path.insert(0, {tests!r})
+    from vhost_frontend import EchoDevice
+    from pyvmm.vhost_user import serve
+
+    class Device(EchoDevice):
+        def close(self):
+            print("device closed", flush=True)
+
+    logging.basicConfig(level=logging.INFO)
+    serve(Device(), {path!r}, once={once!r})
+    print("serve returned", flush=True)
+""")
+
+
+def run_serve(tmp_path: Path, once: bool) -> tuple[subprocess.Popen, str]:
+    """``serve()`` the echo device in a child process (for what would kill or leak in this one)."""
+    path = str(tmp_path / "serve.sock")
+    script = SERVE_SCRIPT.format(tests=str(Path(__file__).parent), path=path, once=once)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if not wait_for(lambda: os.path.exists(path) or proc.poll() is not None, timeout=20):
+        proc.kill()
+        raise AssertionError("serve() did not create its socket")
+    return proc, path
