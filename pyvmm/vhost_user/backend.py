@@ -12,15 +12,17 @@ import ctypes
 import logging
 import os
 import socket
+import time
 from typing import Callable
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.log import TRACE
+from pyvmm.vhost_user import connection
 from pyvmm.vhost_user import messages as m
-from pyvmm.vhost_user.connection import Connection, Message, ProtocolError, RequestError
+from pyvmm.vhost_user.connection import Connection, Disconnected, Message, ProtocolError, RequestError
 from pyvmm.vhost_user.memory_map import FrontendMemoryMap, RegionInfo
 from pyvmm.vhost_user.runner import DeviceRunner
-from pyvmm.vhost_user.vring import RingAddresses, Vring
+from pyvmm.vhost_user.vring import Kick, RingAddresses, Vring
 from pyvmm.virtio import constants as vc
 from pyvmm.virtio.device import VirtioDevice
 
@@ -62,6 +64,7 @@ class VhostUserBackend:
         self.features_set = False
         self.protocol_features = 0
         self.status = 0
+        self._message_deadline: asyncio.TimerHandle | None = None
         self.runner = DeviceRunner(device, loop, self.vrings, self.memory_map,
                                    on_config_change=self._send_config_change, on_needs_reset=self._needs_reset)
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
@@ -107,6 +110,7 @@ class VhostUserBackend:
         """Start serving a newly accepted front end (call on the loop thread)."""
         if self.conn is not None:
             raise RuntimeError("a front end is already attached")
+        conn.timeout = 0.0  # replies never wait on the loop: a front end must read them
         self.conn = conn
         self.loop.add_reader(conn.fileno(), self._on_readable)
         log.info("front end connected")
@@ -116,6 +120,7 @@ class VhostUserBackend:
         if self.conn is None:
             return
         log.info("front end disconnected%s", f" ({reason})" if reason else "")
+        self._cancel_message_deadline()
         self.loop.remove_reader(self.conn.fileno())
         self.conn.close()
         self.conn = None
@@ -143,19 +148,47 @@ class VhostUserBackend:
     def _on_readable(self) -> None:
         assert self.conn is not None
         try:
-            msg = self.conn.recv()
+            msg = self.conn.poll()
+        except Disconnected:
+            self.detach()
+            return
         except ProtocolError as exc:
             log.warning("closing the connection: %s", exc)
             self.detach("protocol error")
             return
-        if msg is None:
-            self.detach()
+        if msg is None:  # part of a message: keep serving the rings until the rest comes
+            self._arm_message_deadline()
             return
+        self._cancel_message_deadline()
         try:
             self.handle(msg)
         except ProtocolError as exc:
             log.warning("closing the connection: %s", exc)
             self.detach("protocol error")
+
+    def _arm_message_deadline(self) -> None:
+        assert self.conn is not None
+        started = self.conn.message_started
+        if started is None or self._message_deadline is not None:
+            return
+        delay = started + connection.MESSAGE_TIMEOUT - time.monotonic()
+        self._message_deadline = self.loop.call_later(max(delay, 0.0), self._message_overdue)
+
+    def _cancel_message_deadline(self) -> None:
+        if self._message_deadline is not None:
+            self._message_deadline.cancel()
+            self._message_deadline = None
+
+    def _message_overdue(self) -> None:
+        self._message_deadline = None
+        if self.conn is None or self.conn.message_started is None:
+            return
+        if time.monotonic() - self.conn.message_started < connection.MESSAGE_TIMEOUT:
+            self._arm_message_deadline()  # a later message than the one this timer was for
+            return
+        log.warning("closing the connection: a message was not complete %g s after its first byte",
+                    connection.MESSAGE_TIMEOUT)
+        self.detach("message timeout")
 
     def handle(self, msg: Message) -> None:
         """Run one request and send whatever reply the protocol asks for."""
@@ -366,7 +399,16 @@ class VhostUserBackend:
             self.loop.remove_reader(vring.kick_fd)
 
     def _on_kick(self, vring: Vring) -> None:
-        if not vring.drain_kick():
+        kick = vring.drain_kick()
+        if kick is Kick.DEAD:
+            # A pipe whose writer closed reads end of file for ever: left armed, it would
+            # wake the loop continuously. The front end may send a new kick fd.
+            self._unwatch_kick(vring)
+            vring.replace_fd("kick_fd", None)
+            log.warning("vring %d: kick fd is at end of file or failing: ring disarmed until the next "
+                        "SET_VRING_KICK", vring.index)
+            return
+        if kick is Kick.NONE:
             return
         log.log(TRACE, "kick vring %d", vring.index)
         if not self.runner.active:
@@ -411,7 +453,7 @@ class VhostUserBackend:
         if fd is None:
             raise RequestError("SET_BACKEND_REQ_FD without an fd")
         try:
-            channel = Connection(socket.socket(fileno=fd))
+            channel = Connection(socket.socket(fileno=fd), timeout=0.0)
         except OSError as exc:
             os.close(fd)
             raise RequestError(f"back-end channel fd is not a socket: {exc}") from None

@@ -81,7 +81,7 @@ class VhostUserServer:
             log.warning("cannot accept a front end: %s", exc)
             return
         self.loop.remove_reader(self._listener.fileno())  # one front end at a time
-        self.backend.attach(Connection(sock))
+        self.backend.attach(Connection(sock, timeout=0.0))
 
     def _on_disconnect(self) -> None:
         if self.once:

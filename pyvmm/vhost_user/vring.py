@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from enum import Enum
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,14 @@ class RingAddresses:
     desc: int
     avail: int
     used: int
+
+
+class Kick(Enum):
+    """What reading a kick fd found."""
+
+    PENDING = "the front end kicked"
+    NONE = "nothing (a spurious wakeup)"
+    DEAD = "end of file or an error: the fd will never kick again"
 
 
 class Vring:
@@ -69,14 +78,17 @@ class Vring:
         except OSError as exc:
             log.warning("vring %d: cannot signal err fd: %s", self.index, exc)
 
-    def drain_kick(self) -> bool:
-        """Consume a pending kick; False when there was none (spurious wakeup)."""
+    def drain_kick(self) -> Kick:
+        """Consume a pending kick."""
         if self.kick_fd is None:
-            return False
+            return Kick.NONE
         try:
-            return len(os.read(self.kick_fd, 8)) > 0
-        except BlockingIOError:
-            return False
+            return Kick.PENDING if os.read(self.kick_fd, 8) else Kick.DEAD
+        except (BlockingIOError, InterruptedError):
+            return Kick.NONE
+        except OSError as exc:
+            log.debug("vring %d: reading the kick fd: %s", self.index, exc)
+            return Kick.DEAD
 
     def close(self) -> None:
         for which in ("kick_fd", "call_fd", "err_fd"):
