@@ -34,6 +34,8 @@ class DeviceRunner:
         self.on_config_change = on_config_change
         self.on_needs_reset = on_needs_reset
         self.context: DeviceContext | None = None
+        self._generation = 0
+        """Counts activations; callbacks of an earlier one find it stale and do nothing."""
 
     @property
     def active(self) -> bool:
@@ -50,17 +52,23 @@ class DeviceRunner:
         except (InvalidQueueError, GuestMemoryError) as exc:
             log.error("cannot start the device: %s", exc)
             return False
+        # The callbacks name this activation by number, not by the context: a closure over
+        # the context would make a reference cycle (context -> queue -> callback -> context)
+        # that keeps the rings' views of guest RAM, and so its mapping, alive after a
+        # disconnect until the garbage collector happens to run.
+        self._generation += 1
+        generation = self._generation
         context = DeviceContext(
             memory=self.memory_map.memory,
             queues=queues,
             features=features,
             loop=self.loop,
-            signal_used=lambda index: self._signal_used(context, index),
-            signal_config=lambda: self._if_current(context, self.on_config_change),
-            request_reset=lambda reason: self._if_current(context, self.on_needs_reset, reason),
+            signal_used=lambda index: self._signal_used(generation, index),
+            signal_config=lambda: self._if_current(generation, self.on_config_change),
+            request_reset=lambda reason: self._if_current(generation, self.on_needs_reset, reason),
         )
         for queue in queues:
-            queue.signal_used = lambda index=queue.index: self._signal_used(context, index)
+            queue.signal_used = lambda index=queue.index: self._signal_used(generation, index)
             queue.request_reset = context.request_reset
         self.context = context
         log.info("starting the device: %d queues, features %#x", len(queues), features)
@@ -119,13 +127,14 @@ class DeviceRunner:
         queue.enable()
         return queue
 
-    def _signal_used(self, context: DeviceContext, index: int) -> None:
-        if context is not self.context:
+    def _signal_used(self, generation: int, index: int) -> None:
+        context = self.context
+        if context is None or generation != self._generation:
             return  # a late completion from a device that was already stopped
         if context.queues[index].needs_notification():
             log.log(TRACE, "call vring %d (used idx %d)", index, context.queues[index].next_used)
             self.vrings[index].signal_call()
 
-    def _if_current(self, context: DeviceContext, action: Callable[..., None], *args: object) -> None:
-        if context is self.context:
+    def _if_current(self, generation: int, action: Callable[..., None], *args: object) -> None:
+        if self.context is not None and generation == self._generation:
             action(*args)
