@@ -55,15 +55,39 @@ class MemoryRegion:
         """Host virtual address of the region's first byte (for KVM_SET_USER_MEMORY_REGION)."""
         return self.array.ctypes.data
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Unmap the RAM now and close the fd; False if views handed out earlier were still alive.
+
+        Those views keep the mmap object from closing; its pages are then replaced in place by
+        private zero pages, so the RAM (and the file a vhost-user front end shared) is released
+        at once whatever still refers to it: a stale view reads zeros, and Python unmaps the
+        placeholder when the last view goes."""
+        base = self.array.ctypes.data - self.fd_offset if self.array.size else None
         self.array = np.empty(0, dtype=np.uint8)
-        try:
-            self._map.close()
-        except BufferError:
-            pass  # a numpy view handed out earlier still references it; the GC frees it
+        unmapped = True
+        if not self._map.closed:
+            try:
+                self._map.close()
+            except BufferError:
+                unmapped = False
+                if base is not None:
+                    _replace_with_zero_pages(base, len(self._map))
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        return unmapped
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_MAP_FIXED, _MAP_NORESERVE = 0x10, 0x4000
+
+
+def _replace_with_zero_pages(addr: int, length: int) -> None:
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
+    if _libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0) != addr:
+        raise OSError(ctypes.get_errno(), f"cannot replace guest RAM at {addr:#x}+{length:#x}")
 
 
 class GuestMemory:

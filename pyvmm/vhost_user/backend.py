@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 from pyvmm.errors import GuestMemoryError
+from pyvmm.guest_log import guest_error
 from pyvmm.log import TRACE
 from pyvmm.vhost_user import connection
 from pyvmm.vhost_user import messages as m
@@ -67,6 +68,7 @@ class VhostUserBackend:
         self._message_deadline: asyncio.TimerHandle | None = None
         self.runner = DeviceRunner(device, loop, self.vrings, self.memory_map,
                                    on_config_change=self._send_config_change, on_needs_reset=self._needs_reset)
+        self.memory_map.on_change = self.runner.memory_changed
         self._handlers: dict[int, Callable[[Message], bytes | None]] = {
             m.FrontendRequest.GET_FEATURES: self._get_features,
             m.FrontendRequest.SET_FEATURES: self._set_features,
@@ -153,7 +155,7 @@ class VhostUserBackend:
             self.detach()
             return
         except ProtocolError as exc:
-            log.warning("closing the connection: %s", exc)
+            guest_error(log, "closing the connection: %s", exc)
             self.detach("protocol error")
             return
         if msg is None:  # part of a message: keep serving the rings until the rest comes
@@ -163,7 +165,7 @@ class VhostUserBackend:
         try:
             self.handle(msg)
         except ProtocolError as exc:
-            log.warning("closing the connection: %s", exc)
+            guest_error(log, "closing the connection: %s", exc)
             self.detach("protocol error")
 
     def _arm_message_deadline(self) -> None:
@@ -186,7 +188,7 @@ class VhostUserBackend:
         if time.monotonic() - self.conn.message_started < connection.MESSAGE_TIMEOUT:
             self._arm_message_deadline()  # a later message than the one this timer was for
             return
-        log.warning("closing the connection: a message was not complete %g s after its first byte",
+        guest_error(log, "closing the connection: a message was not complete %g s after its first byte",
                     connection.MESSAGE_TIMEOUT)
         self.detach("message timeout")
 
@@ -203,7 +205,7 @@ class VhostUserBackend:
             reply = handler(msg)
             ok = True
         except (RequestError, GuestMemoryError) as exc:
-            log.warning("%s refused: %s", name, exc)
+            guest_error(log, "%s refused: %s", name, exc)
         except Exception:  # a device bug must not take the server down
             log.exception("%s failed", name)
         finally:
@@ -270,7 +272,6 @@ class VhostUserBackend:
                  for i in range(count)]
         fds, msg.fds = msg.fds, []
         self.memory_map.set_table(infos, fds)
-        self.runner.memory_changed()
         log.info("memory table: %s", "; ".join(map(str, infos)))
 
     def _add_mem_reg(self, msg: Message) -> None:
@@ -278,13 +279,11 @@ class VhostUserBackend:
         if len(msg.fds) != 1:
             raise RequestError(f"ADD_MEM_REG needs exactly one fd, got {len(msg.fds)}")
         self.memory_map.add(info, msg.take_fd())
-        self.runner.memory_changed()
         log.info("memory region added: %s", info)
 
     def _rem_mem_reg(self, msg: Message) -> None:
         info = RegionInfo.from_desc(msg.parse(m.SingleMemoryRegion).region)
         self.memory_map.remove(info)
-        self.runner.memory_changed()
         log.info("memory region removed: %s", info)
 
     # -- rings --------------------------------------------------------------------------
@@ -355,7 +354,7 @@ class VhostUserBackend:
         self._unwatch_kick(vring)
         vring.replace_fd("kick_fd", fd)
         if fd is None:
-            log.warning("vring %d: polling mode (no kick fd) is not supported", vring.index)
+            guest_error(log, "vring %d: polling mode (no kick fd) is not supported", vring.index)
             return
         try:
             os.set_blocking(fd, False)
@@ -405,7 +404,7 @@ class VhostUserBackend:
             # wake the loop continuously. The front end may send a new kick fd.
             self._unwatch_kick(vring)
             vring.replace_fd("kick_fd", None)
-            log.warning("vring %d: kick fd is at end of file or failing: ring disarmed until the next "
+            guest_error(log, "vring %d: kick fd is at end of file or failing: ring disarmed until the next "
                         "SET_VRING_KICK", vring.index)
             return
         if kick is Kick.NONE:
@@ -446,7 +445,7 @@ class VhostUserBackend:
             self._maybe_activate()
             if not self.active:
                 missing = [v.index for v in self.vrings if not (v.configured and v.enabled)]
-                log.warning("DRIVER_OK but rings %s are not set up: the device stays stopped", missing)
+                guest_error(log, "DRIVER_OK but rings %s are not set up: the device stays stopped", missing)
 
     def _set_backend_req_fd(self, msg: Message) -> None:
         fd = msg.take_fd()

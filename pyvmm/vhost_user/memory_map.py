@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory, MemoryRegion
@@ -41,7 +42,7 @@ class RegionInfo:
                 f" fd offset {self.mmap_offset:#x})")
 
 
-def _check_cannot_shrink(info: RegionInfo, fd: int) -> None:
+def _check_cannot_shrink(info: RegionInfo, fd: int) -> int:
     """Refuse a file the front end could truncate while it is mapped here.
 
     Touching a mapped page past the end of its file raises SIGBUS, which would kill the back
@@ -55,6 +56,7 @@ def _check_cannot_shrink(info: RegionInfo, fd: int) -> None:
     if seals is None or not seals & fcntl.F_SEAL_SHRINK:
         raise RequestError(f"memory region {info} can shrink under the back end: its fd is not a memfd "
                            f"sealed with F_SEAL_SHRINK (use QEMU's memory-backend-memfd, which seals)")
+    return seals
 
 
 class FrontendMemoryMap:
@@ -65,8 +67,11 @@ class FrontendMemoryMap:
     new mappings without being rebuilt.
     """
 
-    def __init__(self, max_regions: int):
+    def __init__(self, max_regions: int, on_change: Callable[[], None] = lambda: None):
         self.max_regions = max_regions
+        self.on_change = on_change
+        """Called once the new regions are in place and before the old ones are unmapped, so
+        users of the memory (the running rings) can move their views over first."""
         self.memory = GuestMemory([])
         self._entries: list[tuple[RegionInfo, MemoryRegion]] = []
 
@@ -131,12 +136,12 @@ class FrontendMemoryMap:
         """Map ``fd``; on success the region owns it, on failure the caller still does."""
         if info.size == 0:
             raise RequestError(f"empty memory region {info}")
-        _check_cannot_shrink(info, fd)
+        seals = _check_cannot_shrink(info, fd)
         try:
             region = MemoryRegion.from_fd(info.guest_addr, info.size, fd, info.mmap_offset)
         except (OSError, ValueError, OverflowError) as exc:
             raise RequestError(f"cannot map memory region {info}: {exc}") from None
-        log.debug("mapped %s", info)
+        log.debug("mapped %s (memfd seals %#x)", info, seals)
         return region
 
     def _install(self, entries: list[tuple[RegionInfo, MemoryRegion]], retire: list[MemoryRegion]) -> None:
@@ -146,8 +151,14 @@ class FrontendMemoryMap:
             raise RequestError(str(exc)) from None
         self._entries = sorted(entries, key=lambda entry: entry[0].guest_addr)
         self.memory.regions = checked.regions
-        for region in retire:
-            region.close()
+        try:
+            self.on_change()
+        finally:
+            for region in retire:
+                if not region.close():
+                    log.warning("memory region at gpa %#x+%#x was still in use when the front end let go of "
+                                "it (a device kept a view): its pages were replaced by zero pages",
+                                region.guest_addr, region.size)
 
     # -- translation ----------------------------------------------------------------
 

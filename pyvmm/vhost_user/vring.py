@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 
+from pyvmm.guest_log import guest_error
+
 log = logging.getLogger(__name__)
 
 _ONE = (1).to_bytes(8, "little")
@@ -68,7 +70,7 @@ class Vring:
         except BlockingIOError:
             pass  # counter saturated: the front end has an interrupt pending anyway
         except OSError as exc:
-            log.warning("vring %d: cannot signal call fd: %s", self.index, exc)
+            guest_error(log, "vring %d: cannot signal call fd: %s", self.index, exc)
 
     def signal_err(self) -> None:
         if self.err_fd is None:
@@ -76,7 +78,7 @@ class Vring:
         try:
             os.write(self.err_fd, _ONE)
         except OSError as exc:
-            log.warning("vring %d: cannot signal err fd: %s", self.index, exc)
+            guest_error(log, "vring %d: cannot signal err fd: %s", self.index, exc)
 
     def drain_kick(self) -> Kick:
         """Consume a pending kick."""

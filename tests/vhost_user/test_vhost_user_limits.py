@@ -193,6 +193,41 @@ def test_ram_is_unmapped_when_front_ends_hang_up(tmp_path):
         stop(proc)
 
 
+class ViewKeepingDevice(EchoDevice):
+    """A device bug: it keeps a numpy view of guest RAM after its reset."""
+
+    kept = None
+
+    def activate(self, ctx) -> None:
+        super().activate(ctx)
+        self.kept = ctx.memory.view(0, 4096)
+
+
+def test_ram_is_unmapped_even_if_a_device_keeps_a_view(tmp_path, events, caplog):
+    device = ViewKeepingDevice()
+    server = VhostUserServer(device, str(tmp_path / "vhost.sock"), events)
+    server.start()
+    try:
+        fe = connect(server.socket_path, ram_size=8 << 20)
+        start_device(fe, device)
+        assert echo(fe)
+        fe.close()  # the test front end's own mapping goes too (its rings' views notwithstanding)
+        assert wait_for(lambda: not mapped_guest_ram(os.getpid()), timeout=5), "\n".join(
+            mapped_guest_ram(os.getpid()))
+        assert "still in use when the front end let go" in caplog.text
+        assert not device.kept.any()  # the stale view reads zero pages instead of faulting
+    finally:
+        server.stop()
+
+
+def test_ram_table_change_on_a_running_device_keeps_serving(frontend, device, caplog):
+    start_device(frontend, device)
+    assert echo(frontend)
+    assert frontend.set_mem_table() == 0  # the same RAM again, as a new mapping
+    assert echo(frontend) and echo(frontend, 1)
+    assert "still in use" not in caplog.text
+
+
 # -- finding 11: who may connect -------------------------------------------------------------------
 
 
