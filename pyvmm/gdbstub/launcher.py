@@ -85,12 +85,14 @@ def tree_vmlinux(tree: Path) -> Path:
     if not tree.is_dir():
         raise VmmError(f"--tree {tree}: not a directory")
     candidates = [tree / "vmlinux"]
-    try:  # pyvmm kernel build's out-of-tree build directory, where that feature exists
-        from pyvmm.guestimage import kerneltree  # type: ignore[attr-defined]
-
-        candidates.insert(0, Path(kerneltree.build_dir_for(tree)) / "vmlinux")
-    except (ImportError, AttributeError, OSError, VmmError):
-        pass
+    try:  # 'pyvmm kernel build' keeps its out-of-tree builds in the cache (a debug build preferred)
+        from pyvmm.guestimage.kernel_tree import find_tree_build
+    except ImportError:
+        find_tree_build = None
+    if find_tree_build is not None:
+        build = find_tree_build(tree, debug=True) or find_tree_build(tree)
+        if build is not None:
+            candidates.insert(0, build.vmlinux)
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tinyguest import DATA, KVM_PRESENT, ON_KVM_PVM, kvm_test
+from tinyguest import DATA, ON_KVM_PVM, kvm_test
 from tinytarget import HIGH, JMP, LOOP, MARKER, NOP, STORE, TinyTarget, requires_gdb, run_gdb
 
 pytestmark = [*kvm_test, requires_gdb]
@@ -200,4 +200,13 @@ def test_two_vcpus_are_two_threads(tmp_path):
     assert _values(out, "rip") == [0x1000, STORE], out
 
 
-assert KVM_PRESENT or True  # (the kvm marker skips these where /dev/kvm is absent)
+
+
+
+def test_gdb_waiting_for_the_guest_learns_its_exit_status(tiny):
+    """When the VM stops while gdb waits in 'continue', gdb gets the status (W packet)."""
+    import threading
+
+    threading.Timer(1.5, tiny.server.close, args=(3,)).start()
+    out = run_gdb(tiny.socket_path, ["continue"]).stdout
+    assert "exited with code 03" in out, out
