@@ -99,6 +99,11 @@ class EventSink:
         """Is ``category`` (``ctl``, ``io``, ...) traced for this device? Check before building a record."""
         return category in self.traced
 
+    def since_start(self, monotonic: float | None = None) -> float:
+        """``monotonic`` (default: now) as seconds since the VM started, the traces' time base."""
+        t = time.monotonic() if monotonic is None else monotonic
+        return t - self._tracer.start if self._tracer is not None else t
+
     def trace(self, category: str, kind: str, **fields: Any) -> None:
         """Record ``kind`` with ``fields`` (JSON-able) if ``category`` is traced for this device."""
         if category in self.traced:

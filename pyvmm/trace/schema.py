@@ -33,8 +33,9 @@ KINDS: dict[tuple[str, str], dict[str, str]] = {
     # transport: driver notifications, ring faults, interrupts, register accesses
     ("queue", "notify"): {"queue": "integer", "avail_idx": "integer", "next_avail": "integer", "in_flight": "integer"},
     ("queue", "fault"): {"queue": "integer", "fault": "string", "section": "string", "detail": "string"},
-    ("irq", "used"): {"status": "integer"},
-    ("irq", "config"): {"status": "integer"},
+    # interrupts (virtio-mmio: ``status`` = the InterruptStatus bits; vhost-user: ``queue`` called)
+    ("irq", "used"): {},
+    ("irq", "config"): {},
     ("mmio", "read"): {"reg": "string", "value": "integer"},
     ("mmio", "write"): {"reg": "string", "value": "integer"},
     # a fault injected from the monitor or QMP (``what``: late, stall, burst, status, needs_reset, drop_event ...)

@@ -77,6 +77,8 @@ class TraceRecord:
         fields = dict(self.fields)
         desc = fields.pop("desc", None)
         status = fields.pop("status", None)
+        if desc:
+            fields.pop("code", None)  # the description starts with it
         parts = [f"[{self.t:12.6f}] {self.dev} {self.cat} {self.kind}"]
         if desc:
             parts.append(str(desc))

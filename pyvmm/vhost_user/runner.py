@@ -70,6 +70,8 @@ class DeviceRunner:
         for queue in queues:
             queue.signal_used = lambda index=queue.index: self._signal_used(generation, index)
             queue.request_reset = context.request_reset
+            if self.device.event_sink.tracing("queue"):
+                queue.on_fault = self._trace_fault
         self.context = context
         log.info("starting the device: %d queues, features %#x", len(queues), features)
         try:
@@ -98,6 +100,11 @@ class DeviceRunner:
             log.exception("device reset failed")
 
     def notify(self, index: int) -> None:
+        sink = self.device.event_sink
+        if sink.tracing("queue") and self.context is not None:
+            queue = self.context.queues[index]
+            sink.trace("queue", "notify", queue=index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
+                       in_flight=queue.in_flight)
         try:
             self.device.queue_notify(index)
         except Exception:  # a device bug must not take the server down
@@ -127,12 +134,17 @@ class DeviceRunner:
         queue.enable()
         return queue
 
+    def _trace_fault(self, queue: SplitQueue, kind, detail: str) -> None:
+        self.device.event_sink.trace("queue", "fault", queue=queue.index, fault=kind.name, section=kind.section,
+                                     detail=detail)
+
     def _signal_used(self, generation: int, index: int) -> None:
         context = self.context
         if context is None or generation != self._generation:
             return  # a late completion from a device that was already stopped
         if context.queues[index].needs_notification():
             log.log(TRACE, "call vring %d (used idx %d)", index, context.queues[index].next_used)
+            self.device.event_sink.trace("irq", "used", queue=index, used_idx=context.queues[index].next_used)
             self.vrings[index].signal_call()
 
     def _if_current(self, generation: int, action: Callable[..., None], *args: object) -> None:

@@ -12,6 +12,7 @@ import ctypes
 import logging
 from typing import TYPE_CHECKING, Callable
 
+from pyvmm.events import NO_EVENTS, EventSink
 from pyvmm_snd import spec
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg, not_supp
@@ -49,6 +50,8 @@ class ControlPlane:
         self.jack_connected = jack_connected
         self.ctls_negotiated = False
         self.dataplane: DataPlane | None = None
+        self.sink: EventSink = NO_EVENTS
+        """The device's event sink (``ctl`` traces); set when the device activates."""
         self._warn = GuestWarnings(log)
         self._handlers: dict[RequestCode, Callable[[bytes, int], bytes]] = {
             RequestCode.JACK_INFO: self._jack_info,
@@ -102,6 +105,9 @@ class ControlPlane:
         writer.write(spec.Hdr(code=status))
         if payload:
             writer.write(payload)
+        if self.sink.tracing("ctl"):
+            self.sink.trace("ctl", "request", code=spec.request_name(request), desc=spec.describe(request),
+                            status=status.name, payload=len(payload), head=chain.head)
         ctx.complete(QueueIndex.CONTROL, chain, writer.written, notify=False)
 
     def dispatch(self, request: bytes, capacity: int) -> tuple[Status, bytes]:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
+from pyvmm.events import NO_EVENTS, EventSink
+from pyvmm.virtio.constants import VIRTQ_DESC_F_WRITE
 from pyvmm_snd import iomsg
 from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg
 from pyvmm_snd.spec import QueueIndex, Status
@@ -65,11 +67,13 @@ class PcmDataPlane:
 
     def __init__(self, ctx: DeviceContext, streams: Sequence[PcmStream], backends: Sequence[PcmBackend | None],
                  clock: str = "realtime", gain: Callable[[int], float] = lambda stream_id: 1.0,
-                 report_xrun: Callable[[int], bool] = lambda stream_id: False):
+                 report_xrun: Callable[[int], bool] = lambda stream_id: False, sink: EventSink = NO_EVENTS):
         """``gain(stream_id)``: linear gain from the stream's controls (0.0 = mute);
-        ``report_xrun(stream_id)``: send an XRUN event if negotiated, True if sent."""
+        ``report_xrun(stream_id)``: send an XRUN event if negotiated, True if sent;
+        ``sink``: the device's event sink (``io`` traces)."""
         self.ctx = ctx
-        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun)
+        self.sink = sink
+        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun, sink)
                    for stream, backend in zip(streams, backends, strict=True)]
         self._warn = GuestWarnings(log)
 
@@ -83,8 +87,11 @@ class PcmDataPlane:
     def accept(self, queue_index: QueueIndex, chain: DescriptorChain) -> Status:
         """Every check an I/O message goes through, in order; OK means it is held by its stream,
         any other status has been written to the message and the chain returned."""
+        msg = None
         try:
             msg = iomsg.parse(queue_index, chain)
+            if self.sink.tracing("io"):
+                msg.sink, msg.queued_t = self.sink, self.sink.since_start()
             if not 0 <= msg.stream_id < len(self.io):
                 raise bad_msg(f"stream {msg.stream_id} does not exist")
             io = self.io[msg.stream_id]
@@ -94,8 +101,16 @@ class PcmDataPlane:
             io.accept(msg)
         except RequestError as exc:
             self._warn("virtio-snd: %s I/O message refused (%s): %s", queue_index.name, exc.status.name, exc)
+            self.sink.trace("io", "reject", stream=-1 if msg is None else msg.stream_id, queue=int(queue_index),
+                            head=chain.head, status=exc.status.name, reason=str(exc))
             iomsg.reject(self.ctx, queue_index, chain, exc.status)
             return exc.status
+        if msg.sink is not None:
+            msg.sink.trace("io", "queued", stream=msg.stream_id, dir=iomsg.DIR_NAMES[msg.direction],
+                           bytes=msg.data_len, queue=int(queue_index), head=chain.head,
+                           descs=[[length, "w" if flags & VIRTQ_DESC_F_WRITE else "r"]
+                                  for _addr, length, flags in chain.descriptors],
+                           held=len(io.held))
         return Status.OK
 
     def prepare(self, stream: PcmStream) -> None:

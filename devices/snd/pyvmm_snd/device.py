@@ -95,8 +95,9 @@ class SoundDevice(VirtioDevice):
         self.ctx = ctx
         self.control_plane.ctls_negotiated = bool(ctx.features >> spec.F_CTLS & 1)
         self.dataplane = PcmDataPlane(ctx, self.streams, self.backends, self.host_audio.clock,
-                                      self.controls.stream_gain, self.report_xrun)
+                                      self.controls.stream_gain, self.report_xrun, sink=self.event_sink)
         self.control_plane.dataplane = self.dataplane
+        self.control_plane.sink = self.events.sink = self.event_sink
         self.events.activate(ctx)
         log.debug("virtio-snd: activated (features %#x)", ctx.features)
         for queue in (QueueIndex.CONTROL, QueueIndex.TX, QueueIndex.RX):

@@ -12,6 +12,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
+from pyvmm.events import NO_EVENTS, EventSink
 from pyvmm_snd import spec
 from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.spec import EventCode, QueueIndex
@@ -35,6 +36,8 @@ class EventQueue:
         """Encoded events waiting for a buffer."""
         self.max_backlog = max_backlog
         self.dropped = 0
+        self.sink: EventSink = NO_EVENTS
+        """The device's event sink (``evt`` traces); set when the device activates."""
         self._warn = GuestWarnings(log)
 
     def activate(self, ctx: DeviceContext) -> None:
@@ -72,9 +75,13 @@ class EventQueue:
         log.debug("event %s", spec.describe_event(data))
         if len(self.backlog) >= self.max_backlog:
             self.dropped += 1
+            lost = self.backlog.popleft()
             self._warn("event backlog full (%d, driver is not posting event buffers): dropped %s",
-                        self.max_backlog, spec.describe_event(self.backlog.popleft()))
+                        self.max_backlog, spec.describe_event(lost))
+            self.sink.trace("evt", "dropped", desc=spec.describe_event(lost), reason="backlog full")
         self.backlog.append(data)
+        if self.sink.tracing("evt") and not (self.ctx is not None and self.buffers):
+            self.sink.trace("evt", "held", desc=spec.describe_event(data), backlog=len(self.backlog))
         self._flush()
 
     def _flush(self) -> None:
@@ -82,7 +89,10 @@ class EventQueue:
             return
         while self.buffers and self.backlog:
             chain = self.buffers.popleft()
-            written = chain.writer().write(self.backlog.popleft())
+            data = self.backlog.popleft()
+            written = chain.writer().write(data)
+            if self.sink.tracing("evt"):
+                self.sink.trace("evt", "sent", desc=spec.describe_event(data), head=chain.head)
             self.ctx.complete(QueueIndex.EVENT, chain, written, notify=False)
         self.ctx.signal_used(QueueIndex.EVENT)
 

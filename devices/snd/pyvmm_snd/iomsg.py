@@ -18,6 +18,7 @@ from pyvmm_snd.errors import bad_msg
 from pyvmm_snd.spec import Direction, QueueIndex, Status
 
 if TYPE_CHECKING:
+    from pyvmm.events import EventSink
     from pyvmm.virtio.chain import ChainWriter, DescriptorChain
     from pyvmm.virtio.device import DeviceContext
 
@@ -29,6 +30,7 @@ XFER_SIZE = 4
 STATUS_SIZE = 8
 
 QUEUE_DIRECTION = {QueueIndex.TX: Direction.OUTPUT, QueueIndex.RX: Direction.INPUT}
+DIR_NAMES = {Direction.OUTPUT: "playback", Direction.INPUT: "capture"}
 
 
 @dataclass(eq=False)
@@ -38,6 +40,12 @@ class IoMessage:
     stream_id: int
     data_len: int
     """Playback: frame bytes to consume; capture: frame bytes to fill."""
+    sink: EventSink | None = None
+    """Set when I/O of this stream is traced: :func:`complete` records the completion."""
+    queued_t: float = 0.0
+    """Trace time (seconds since VM start) when the device accepted the message."""
+    deadline: float | None = None
+    """Monotonic time the period clock meant to complete it (None: no real-time clock)."""
 
     @property
     def direction(self) -> Direction:
@@ -72,6 +80,13 @@ def complete(ctx: DeviceContext, msg: IoMessage, status: Status, latency_bytes: 
     writer = writer or msg.chain.writer()
     writer.write_at_end(spec.PcmStatus(status=status, latency_bytes=latency_bytes))
     log.log(5, "I/O stream %d %s -> %s used=%d", msg.stream_id, msg.direction.name, status.name, writer.written)
+    if msg.sink is not None:
+        now = msg.sink.since_start()
+        deadline = None if msg.deadline is None else msg.sink.since_start(msg.deadline)
+        msg.sink.trace("io", "complete", stream=msg.stream_id, dir=DIR_NAMES[msg.direction], bytes=msg.data_len,
+                       status=status.name, latency_bytes=latency_bytes, queued_t=round(msg.queued_t, 6),
+                       deadline_t=None if deadline is None else round(deadline, 6),
+                       late_ms=None if deadline is None else round((now - deadline) * 1e3, 3))
     ctx.complete(msg.queue_index, msg.chain, writer.written, notify=notify)
 
 

@@ -557,6 +557,17 @@ def rate_name(value: int) -> str:
         return f"rate#{value}"
 
 
+def request_name(request: bytes) -> str:
+    """``PCM_SET_PARAMS`` for a request's code (``UNKNOWN_0x...``/``SHORT`` otherwise)."""
+    if len(request) < 4:
+        return "SHORT"
+    code = int.from_bytes(request[:4], "little")
+    try:
+        return RequestCode(code).name
+    except ValueError:
+        return f"UNKNOWN_{code:#06x}"
+
+
 def status_name(value: int) -> str:
     return _name(Status, value)
 

@@ -46,6 +46,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from pyvmm.events import NO_EVENTS, EventSink
 from pyvmm_snd import iomsg, pcm_format
 from pyvmm_snd.backends import BackendParams, PcmBackend
 from pyvmm_snd.clock import FastClock, RealTimeClock
@@ -92,8 +93,10 @@ class StreamIo:
     """Held messages + clock + back end of one stream (see the module docstring)."""
 
     def __init__(self, ctx: DeviceContext, stream: PcmStream, backend: PcmBackend | None, clock_kind: str,
-                 gain: Callable[[int], float], report_xrun: Callable[[int], bool]):
+                 gain: Callable[[int], float], report_xrun: Callable[[int], bool], sink: EventSink = NO_EVENTS):
         self.ctx = ctx
+        self.sink = sink
+        """The device's event sink: xruns and injected faults are traced through it."""
         self.stream = stream
         self.backend = backend
         self.clock_kind = clock_kind if stream.direction == Direction.OUTPUT else "realtime"
@@ -271,6 +274,8 @@ class StreamIo:
             return False
         self._releasing_last = False
         msg = self.held.popleft()
+        if isinstance(self.clock, RealTimeClock):
+            msg.deadline = self.clock.deadline(tick)
         self._end_gap(trailing=False)
         if self.playback:
             self._play(msg)
@@ -311,6 +316,8 @@ class StreamIo:
             return False
         self._failures -= 1
         self.stats.injected_errors += 1
+        self.sink.trace("fault", "fire", what="status", stream=self.stream.id, status=self._failure_status.name,
+                        remaining=self._failures)
         log.info("stream %d: I/O message completed with injected %s (%d more to fail)",
                  self.stream.id, self._failure_status.name, self._failures)
         iomsg.complete(self.ctx, msg, self._failure_status, latency_bytes=self._latency())
@@ -391,6 +398,8 @@ class StreamIo:
             else:
                 self._backend_call(lambda backend: backend.read(n))  # a live source keeps its pace
         self.stats.xrun_periods += 1
+        self.sink.trace("io", "xrun", stream=self.stream.id, dir="playback" if self.playback else "capture",
+                        gap_periods=self._gap + 1)
         if self._gap == 0:
             self.stats.xruns += 1
             if self.report_xrun(self.stream.id):
