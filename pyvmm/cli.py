@@ -105,6 +105,8 @@ def _gdb_address(ctx, param, value):
 @click.option("--cpu", "cpu_model", default="safe", show_default=True, help="CPU model (safe, host) with +feat/-feat changes, e.g. host,-avx.")
 @click.option("--extra-initrd", multiple=True, type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Append a cpio archive to the initramfs (repeatable).")
 @click.option("--device", "devices", multiple=True, callback=_device_specs, help="Add a device: NAME,key=value,... ('--device help' lists them, 'NAME,help' its options).")
+@click.option("--acpi", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help="ACPI tables (devices in the DSDT instead of the command line); auto: when the kernel has ACPI.")
+@click.option("--modules", type=click.Path(path_type=Path, file_okay=False, exists=True), help="The kernel's /lib/modules/RELEASE: /init loads the modules the devices need (default: found beside a vmlinuz-RELEASE).")
 @click.option("--boot-protocol", type=click.Choice(["auto", "pvh", "linux64"]), default="auto", show_default=True, help="Kernel entry: PVH (32-bit) or the 64-bit boot protocol.")
 @click.option("--serial-log", type=click.Path(path_type=Path, dir_okay=False), help="Also write the guest console to this file.")
 @click.option("--timeout", type=float, help="Stop the VM after this many seconds (exit status 124).")
@@ -116,9 +118,9 @@ def _gdb_address(ctx, param, value):
 @click.option("--gdb-wait", is_flag=True, help="With --gdb: hold the vCPUs before the first instruction until gdb continues (like QEMU -S).")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, boot_protocol,
-        serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose, trace,
-        trace_devices, trace_file, command):
+def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, acpi, modules,
+        boot_protocol, serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose,
+        trace, trace_devices, trace_file, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if gdb_wait and gdb_address is None:
@@ -134,7 +136,11 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
         initrds = [initrd or image.initramfs]
         base_cmdline = image.cmdline
     else:
-        initrds = [initrd] if initrd else []
+        from pyvmm.guestimage.stock_kernel import default_initrds, find_modules_dir
+
+        modules = modules or find_modules_dir(kernel)
+        # The default guest's initramfs (its /init runs the command, loads the modules).
+        initrds = [initrd] if initrd else default_initrds(progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
         base_cmdline = "console=ttyS0"
     cmdline = append if append is not None else base_cmdline
     cmdline = " ".join([cmdline, *append_extra]).strip()
@@ -158,6 +164,8 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
         extra_initrd_data=extra_data,
         trace_devices=list(trace_devices),
         trace_file=trace_file,
+        acpi=acpi,
+        modules=modules,
     )
     config.validate()
     from pyvmm.vm import run_vm
@@ -246,6 +254,20 @@ def guest_build(debug, force):
     click.echo(f"bzImage:   {image.bzimage}")
     click.echo(f"initramfs: {image.initramfs}")
     click.echo(f"cmdline:   {image.cmdline}")
+
+
+@guest.command("fetch-kernel")
+@click.argument("spec", default="debian")
+@click.option("--force", is_flag=True, help="Download and unpack again.")
+def guest_fetch_kernel(spec, force):
+    """Download a stock kernel and its modules: SPEC is debian[:6.1|6.12|SUITE] (cached)."""
+    from pyvmm.guestimage.stock_kernel import fetch_debian_kernel
+
+    found = fetch_debian_kernel(spec, force=force, progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
+    click.echo(f"kernel:    {found.kernel}")
+    click.echo(f"modules:   {found.modules}")
+    click.echo(f"config:    {found.config}")
+    click.echo(f"package:   {found.package}")
 
 
 @main.command("vhost-user")

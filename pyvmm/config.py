@@ -123,6 +123,10 @@ class MachineConfig:
     """``--trace-dev`` values (``snd``, ``snd0:ctl,io``): decoded device traces on stderr."""
     trace_file: Path | None = None
     """``--trace-file``: the same records as JSON lines (:mod:`pyvmm.trace.schema`)."""
+    acpi: str = "auto"
+    """ACPI tables: on, off, or auto (on when the kernel has ACPI, see arch/x86_64/acpi_probe.py)."""
+    modules: Path | None = None
+    """A kernel's /lib/modules/RELEASE: the modules the devices need go into an initramfs overlay."""
 
     def validate(self) -> None:
         if not self.kernel.is_file():
@@ -141,6 +145,11 @@ class MachineConfig:
             raise VmmError(f"--smp {self.vcpus} is out of range (1 to {MAX_VCPUS})")
         if self.boot_protocol not in ("auto", "pvh", "linux64"):
             raise VmmError(f"unknown boot protocol {self.boot_protocol!r} (auto, pvh, linux64)")
+        if self.acpi not in ("auto", "on", "off"):
+            raise VmmError(f"bad --acpi {self.acpi!r} (auto, on or off)")
+        if self.modules is not None and not (self.modules / "modules.dep").is_file():
+            raise VmmError(f"--modules {self.modules}: no modules.dep there (a kernel's /lib/modules/RELEASE,"
+                           " after depmod)")
         from pyvmm.arch.x86_64.cpuid import parse_cpu_spec
 
         parse_cpu_spec(self.cpu_model)

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 
 from pyvmm import guest_log, plugins
-from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64 import acpi, layout
+from pyvmm.arch.x86_64.acpi_probe import kernel_has_acpi
 from pyvmm.arch.x86_64.boot import load_kernel, setup_boot
 from pyvmm.arch.x86_64.cpuid import parse_cpu_spec, vcpu_cpuid
 from pyvmm.arch.x86_64.lapic import set_virtual_wire
@@ -37,6 +38,7 @@ from pyvmm.errors import VmmError
 from pyvmm.events import EventBus
 from pyvmm.trace import Tracer
 from pyvmm.kvm import Kvm
+from pyvmm.legacy import acpi_sleep, i8042, serial
 from pyvmm.legacy.irq import GsiLine
 from pyvmm.legacy.ports import install_legacy_devices
 from pyvmm.memory import GuestMemory
@@ -114,6 +116,8 @@ class Vm:
         self._frozen_clock: int | None = None
         self.kvm = self.vm_fd = self.memory = self.event_loop = self.console = None
         self.transports: list[MmioTransport] = []
+        self._mmio_windows: list[acpi.MmioWindow] = []
+        self.acpi_mode = "off"
         self._irqfds: list[IrqFd] = []
         self.vcpus: list[Vcpu] = []
         try:
@@ -145,6 +149,11 @@ class Vm:
             on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port",
                                                      cause="guest-shutdown"),
         )
+        self.acpi_mode = self._acpi_mode()
+        if self.acpi_mode != "off":
+            registers = acpi_sleep.AcpiSleepRegisters(
+                on_poweroff=lambda: self.request_stop(0, "guest powered off (ACPI S5)", cause="guest-shutdown"))
+            self.pio_bus.insert(registers, layout.ACPI_SLEEP_CONTROL_PORT, acpi_sleep.REGISTER_COUNT)
         cmdline = self._add_virtio_devices(config.cmdline)
         self.vcpus = self._create_vcpus(cmdline)
 
@@ -155,6 +164,31 @@ class Vm:
         for slot, region in enumerate(memory.regions):
             self.vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
         return memory
+
+    def _acpi_mode(self) -> str:
+        """``on``: tables, devices only there; ``off``: MP table and command line only;
+        ``both``: tables and command-line devices (``auto`` when the kernel gives no clue)."""
+        if self.config.acpi != "auto":
+            return self.config.acpi
+        has_acpi = kernel_has_acpi(self.config.kernel, self.config.modules)
+        if has_acpi is None:
+            log.info("cannot tell whether %s has ACPI: devices are in the ACPI tables and on the command line"
+                     " (--acpi on|off decides)", self.config.kernel)
+            return "both"
+        log.info("kernel %s ACPI: --acpi auto is %s", "has" if has_acpi else "lacks", "on" if has_acpi else "off")
+        return "on" if has_acpi else "off"
+
+    def _acpi_tables(self) -> acpi.AcpiTables | None:
+        if self.acpi_mode == "off":
+            return None
+        com1_irq = layout.LEGACY_IRQS["com1"]
+        platform = acpi.Platform(
+            ncpus=self.config.vcpus,
+            serial_ports=(acpi.SerialPort(serial.COM1_BASE, serial.REGISTER_COUNT, com1_irq),),
+            virtio_mmio=tuple(self._mmio_windows),
+            reset_port=i8042.COMMAND_PORT, reset_value=i8042.CMD_PULSE_RESET,
+            isa_irqs=tuple(irq for irq in (com1_irq, *(w.gsi for w in self._mmio_windows)) if irq < 16))
+        return acpi.build_tables(platform)
 
     def _add_virtio_devices(self, cmdline: str) -> str:
         fragments = []
@@ -169,7 +203,9 @@ class Vm:
             for addr, length, datamatch, fd in transport.ioeventfds(base):
                 self.vm_fd.ioeventfd(fd, addr, length, datamatch)
             self.transports.append(transport)
-            fragments.append(transport.cmdline_fragment(base, gsi))
+            self._mmio_windows.append(acpi.MmioWindow(base, size, gsi))
+            if self.acpi_mode != "on":
+                fragments.append(transport.cmdline_fragment(base, gsi))
             log.info("%s at %#x, IRQ %d", spec.name, base, gsi)
         return " ".join([cmdline, *fragments])
 
@@ -181,14 +217,28 @@ class Vm:
             except OSError as exc:
                 raise VmmError(f"cannot read initrd {path}: {exc.strerror}") from None
         parts.extend(self.config.extra_initrd_data)
+        if self.config.modules is not None:
+            parts.append(self._modules_overlay())
         # Linux accepts concatenated cpio archives; each starts on a 4-byte boundary.
         aligned = [p + b"\0" * (-len(p) % 4) for p in parts]
         return b"".join(aligned) or None
 
+    def _modules_overlay(self) -> bytes:
+        """The transport's and the devices' kernel modules, for /init to load (stock kernels)."""
+        from pyvmm.guestimage import modules
+        from pyvmm.virtio.constants import MMIO_VENDOR_ID
+
+        modaliases = [modules.virtio_modalias(t.device.device_type, MMIO_VENDOR_ID) for t in self.transports]
+        if self.acpi_mode != "off" and self.transports:
+            modaliases.insert(0, modules.VIRTIO_MMIO_ACPI_MODALIAS)
+        names = [modules.VIRTIO_MMIO_MODULE] if self.transports else []
+        return modules.build_overlay(self.config.modules, modaliases, names).cpio
+
     def _create_vcpus(self, cmdline: str) -> list[Vcpu]:
         config = self.config
         kernel = load_kernel(self.memory, config.kernel)
-        boot_state = setup_boot(self.memory, kernel, cmdline, self._initrd(), config.vcpus, config.boot_protocol)
+        boot_state = setup_boot(self.memory, kernel, cmdline, self._initrd(), config.vcpus, config.boot_protocol,
+                                acpi=self._acpi_tables())
         log.info("kernel command line: %s", cmdline)
         model = parse_cpu_spec(config.cpu_model)
         supported_cpuid = self.kvm.get_supported_cpuid()

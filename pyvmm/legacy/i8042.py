@@ -44,6 +44,7 @@ CMD_ENABLE_KBD = 0xAE
 CMD_READ_OUTPUT_PORT = 0xD0
 CMD_WRITE_OUTPUT_PORT = 0xD1
 CMD_PULSE_FIRST = 0xF0  # 0xF0-0xFF: pulse output lines whose bit (3:0) is 0
+CMD_PULSE_RESET = 0xFE  # pulse the reset line only: reboot=k, and the ACPI reset register
 
 SELF_TEST_OK = 0x55
 INTERFACE_TEST_OK = 0x00

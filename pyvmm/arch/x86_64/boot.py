@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from pyvmm.arch.x86_64 import layout
+from pyvmm.arch.x86_64.acpi import AcpiTables
 from pyvmm.arch.x86_64.bootparams import (
     BOOT_FLAG_MAGIC, HDRS_MAGIC, TYPE_OF_LOADER_UNDEFINED, BootParams, SetupHeader,
 )
@@ -104,8 +105,11 @@ def place_initrd(memory: GuestMemory, kernel: LoadedKernel, initrd: bytes, limit
 
 
 def setup_boot(memory: GuestMemory, kernel: LoadedKernel, cmdline: str, initrd: bytes | None, ncpus: int,
-               protocol: Protocol = "auto") -> CpuState:
-    """Write the boot structures for ``kernel`` (already loaded) and return the BSP's state."""
+               protocol: Protocol = "auto", acpi: AcpiTables | None = None) -> CpuState:
+    """Write the boot structures for ``kernel`` (already loaded) and return the BSP's state.
+
+    ``acpi``: tables to place (their RSDP address goes in the zero page or start info too).
+    """
     chosen = choose_protocol(kernel, protocol)
     ram = [(region.guest_addr, region.size) for region in memory.regions]
     e820 = e820_map(ram)
@@ -122,26 +126,32 @@ def setup_boot(memory: GuestMemory, kernel: LoadedKernel, cmdline: str, initrd: 
 
     gdt_limit, idt_limit = write_boot_gdt(memory)
     write_mptable(memory, ncpus)
+    rsdp_addr = 0
+    if acpi is not None:
+        memory.write(acpi.base, acpi.blob)
+        rsdp_addr = acpi.rsdp_addr
 
     if chosen == "pvh":
-        write_pvh_start_info(memory, e820, initrd_addr, initrd_size)
+        write_pvh_start_info(memory, e820, initrd_addr, initrd_size, rsdp_addr)
         state = pvh_entry(kernel.pvh_entry, layout.PVH_START_INFO, gdt_limit, idt_limit)
     else:
         if not memory.contains(kernel.entry64):
             raise VmmError(f"kernel entry point {kernel.entry64:#x} is outside guest RAM")
-        write_zero_page(memory, kernel, e820, cmdline_len, initrd_addr, initrd_size)
+        write_zero_page(memory, kernel, e820, cmdline_len, initrd_addr, initrd_size, rsdp_addr)
         cr3 = write_identity_map(memory)
         state = long_mode_entry(kernel.entry64, layout.ZERO_PAGE_START, cr3, gdt_limit, idt_limit)
     log.debug("boot protocol %s, entry %#x, %d vCPU(s)", chosen, state.rip, ncpus)
     return state
 
 
-def write_pvh_start_info(memory: GuestMemory, e820: list[E820Entry], initrd_addr: int, initrd_size: int) -> None:
+def write_pvh_start_info(memory: GuestMemory, e820: list[E820Entry], initrd_addr: int, initrd_size: int,
+                         rsdp_addr: int = 0) -> None:
     if len(e820) > layout.PVH_MEMMAP_MAX_ENTRIES:
         raise VmmError(f"{len(e820)} memory map entries exceed the PVH memmap area")
     info = HvmStartInfo(magic=HVM_START_MAGIC, version=HVM_START_INFO_VERSION,
                         cmdline_paddr=layout.CMDLINE_START,
-                        memmap_paddr=layout.PVH_MEMMAP_START, memmap_entries=len(e820))
+                        memmap_paddr=layout.PVH_MEMMAP_START, memmap_entries=len(e820),
+                        rsdp_paddr=rsdp_addr)
     if initrd_size:
         memory.write_struct(layout.PVH_MODLIST_START, HvmModlistEntry(paddr=initrd_addr, size=initrd_size))
         info.nr_modules = 1
@@ -151,7 +161,7 @@ def write_pvh_start_info(memory: GuestMemory, e820: list[E820Entry], initrd_addr
 
 
 def write_zero_page(memory: GuestMemory, kernel: LoadedKernel, e820: list[E820Entry], cmdline_len: int,
-                    initrd_addr: int, initrd_size: int) -> None:
+                    initrd_addr: int, initrd_size: int, rsdp_addr: int = 0) -> None:
     params = BootParams()
     if kernel.setup_header is not None:
         ctypes.memmove(ctypes.addressof(params.hdr), ctypes.addressof(kernel.setup_header),
@@ -165,4 +175,5 @@ def write_zero_page(memory: GuestMemory, kernel: LoadedKernel, e820: list[E820En
     params.set_cmdline(layout.CMDLINE_START, cmdline_len)
     params.set_ramdisk(initrd_addr, initrd_size)
     params.set_e820(e820)
+    params.acpi_rsdp_addr = rsdp_addr
     memory.write_struct(layout.ZERO_PAGE_START, params)

@@ -37,6 +37,8 @@ CMDLINE_START = 0x20000
 COMMAND_LINE_SIZE = 2048        # Linux's x86 COMMAND_LINE_SIZE, including the NUL
 
 EBDA_START = 0x9fc00            # top 1 KiB of conventional memory, as a PC BIOS reserves it
+ACPI_START = 0xe0000            # RSDP (Linux also scans 0xe0000..1 MiB for it), then the tables
+ACPI_MAX_SIZE = 0x10000         # up to the MP table
 BIOS_AREA_START = 0xf0000       # system BIOS area: Linux scans it for the MP floating pointer
 MPTABLE_START = BIOS_AREA_START
 MPTABLE_MAX_SIZE = 0x10000
@@ -54,6 +56,10 @@ IOAPIC_ADDR = 0xfec0_0000
 IOAPIC_SIZE = 0x1000
 LAPIC_ADDR = 0xfee0_0000
 LAPIC_SIZE = 0x1000
+
+# -- ports ---------------------------------------------------------------------------
+ACPI_SLEEP_CONTROL_PORT = 0x600  # hardware-reduced ACPI sleep control/status registers (FADT)
+ACPI_SLEEP_STATUS_PORT = 0x601
 
 # -- interrupt lines ----------------------------------------------------------------
 # The in-kernel IOAPIC has 24 pins; with KVM's default routing GSI n is IOAPIC pin n (and
