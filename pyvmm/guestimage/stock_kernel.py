@@ -150,7 +150,18 @@ def find_modules_dir(kernel: Path) -> Path | None:
 
 
 def default_initrds(progress: Callable[[str], object] | None = print) -> list[Path]:
-    """The default guest's initramfs, whose /init runs commands and loads module overlays."""
+    """The default guest's initramfs, whose /init runs commands and loads module overlays.
+
+    Quiet when it is cached (a user booting their own kernel did not ask about the default guest).
+    """
     from .builder import build_default_guest
 
-    return [build_default_guest(progress=progress).initramfs]
+    said: list[str] = []
+
+    def relay(message: str) -> None:
+        if said or "guest image ready" not in message:
+            said.append(message)
+            if progress is not None:
+                progress(message)
+
+    return [build_default_guest(progress=relay).initramfs]
