@@ -52,7 +52,7 @@ class MmioWindowMachine(RuleBasedStateMachine):
 
     @invariant()
     def healthy(self):
-        self.rig.settle()
+        self.rig.check_resources()
         self.rig.check_healthy()
 
 

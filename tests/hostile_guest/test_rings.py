@@ -1,11 +1,16 @@
 """A hostile driver after a proper DRIVER_OK: garbage descriptor tables, avail-idx jumps, event
-indices, malformed control requests and I/O messages on every queue. The device answers every
-well-formed chain with a spec status or flags DEVICE_NEEDS_RESET, never raises, never hangs,
-and a driver reset plus a clean probe always brings it back."""
+indices, malformed control requests and I/O messages on every queue, and the resource attacks
+of issue 7: huge I/O messages and *_INFO replies described by many descriptors naming one
+buffer, heads re-published while the device holds them, tiny and huge periods, streams run
+with the tone capture source. The device answers every well-formed chain with a spec status
+or flags DEVICE_NEEDS_RESET, never raises, never hangs, answers each step within
+LOOP_LATENCY_LIMIT, stays within RSS_BUDGET, and a driver reset plus a clean probe always
+brings it back."""
 
 from __future__ import annotations
 
 import struct
+import time
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -16,9 +21,10 @@ from pyvmm.virtio.testing import split_bytes
 from pyvmm.virtio.testing.driver import F_INDIRECT, F_NEXT, F_WRITE
 
 from pyvmm_snd import spec
-from pyvmm_snd.spec import QueueIndex, RequestCode
+from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode
+from pyvmm_snd.stream import MAX_BUFFER_BYTES
 
-from hostile_rig import RAM, STATUSES, SndRig
+from hostile_rig import BIG_REGION, RAM, STATUSES, SndRig
 
 GARBAGE_DESCRIPTORS = 16
 """Descriptors 0..15 of every queue are the hostile driver's scratch area; good chains use the rest."""
@@ -43,6 +49,8 @@ class HostileRingMachine(RuleBasedStateMachine):
         self.rig = SndRig()
         self.answered: set[tuple[int, int]] = set()
         self.must_answer: list[tuple[int, int]] = []
+        self.period: dict[int, int] = {}
+        """The period of each stream's last SET_PARAMS (whether the device took it or not)."""
         self.unwatched: set[int] = set()
         """Queues whose chains the device may legitimately never see: disabled, or the driver
         moved avail idx so far (or backwards) that its later entries are not where the device looks."""
@@ -58,6 +66,7 @@ class HostileRingMachine(RuleBasedStateMachine):
         self.answered.clear()
         self.must_answer.clear()
         self.unwatched.clear()
+        self.period.clear()
 
     def _queue(self, index):
         return self.rig.drv.queues[index]
@@ -167,6 +176,85 @@ class HostileRingMachine(RuleBasedStateMachine):
             self.must_answer.append((queue, h))  # a bad stream id is refused at once
         self.rig.drv.kick(queue)
 
+    # -- resource attacks (issue 7) -------------------------------------------------------------
+
+    @precondition(lambda self: len(self.must_answer) < 40)
+    @rule(tx=st.booleans(), stream=st.integers(0, 2), times=st.integers(1, 16),
+          length=st.sampled_from([4096, 1 << 20, BIG_REGION]))
+    def huge_io_message(self, tx, stream, times, length):
+        """Up to 16 descriptors over the same 8 MiB: a message of up to 128 MiB."""
+        queue = QueueIndex.TX if tx else QueueIndex.RX
+        head = self.rig.repeated_chain(queue, struct.pack("<I", stream), times, length, tx)
+        if head is None:
+            return
+        if times * length > MAX_BUFFER_BYTES and queue not in self.unwatched:
+            self.must_answer.append((queue, head))  # larger than any period: refused at once
+        self.rig.drv.kick(queue)
+
+    @precondition(lambda self: len(self.must_answer) < 40)
+    @rule(code=st.sampled_from([RequestCode.JACK_INFO, RequestCode.PCM_INFO, RequestCode.CHMAP_INFO,
+                                RequestCode.CTL_INFO]), count=st.integers(0, 3),
+          size=st.sampled_from([1 << 20, BIG_REGION, 0x3DFFFFFC, 0xFFFFFFFF]), times=st.integers(1, 16))
+    def huge_info_query(self, code, count, size, times):
+        """count x size of reply asked for, with that much writable room (the same 8 MiB again and again)."""
+        q = spec.QueryInfo(code=code, start_id=0, count=count, size=size)
+        head = self.rig.repeated_chain(QueueIndex.CONTROL, bytes(q), times, BIG_REGION, tx=False)
+        if head is not None:
+            if QueueIndex.CONTROL not in self.unwatched:
+                self.must_answer.append((QueueIndex.CONTROL, head))
+            self.rig.drv.kick(QueueIndex.CONTROL)
+
+    @precondition(lambda self: len(self.must_answer) < 40)
+    @rule(stream=st.integers(0, 2), frames=st.one_of(st.sampled_from([1, 47, 48, 480, 4800]), st.integers(1, 1 << 20)),
+          periods=st.integers(1, 16), rate=st.sampled_from([PcmRate.RATE_8000, PcmRate.RATE_48000, PcmRate.RATE_192000]),
+          channels=st.integers(1, 8))
+    def set_params(self, stream, frames, periods, rate, channels):
+        period = frames * channels * 2
+        req = spec.PcmSetParams(code=RequestCode.PCM_SET_PARAMS, stream_id=stream, buffer_bytes=period * periods,
+                                period_bytes=period, channels=channels, format=PcmFormat.S16, rate=rate)
+        self.period[stream] = period
+        self._send(QueueIndex.CONTROL, [bytes(req)], [4])
+
+    @precondition(lambda self: len(self.must_answer) < 40)
+    @rule(stream=st.integers(0, 2), code=st.sampled_from([RequestCode.PCM_PREPARE, RequestCode.PCM_START,
+                                                          RequestCode.PCM_STOP, RequestCode.PCM_RELEASE]))
+    def pcm_command(self, stream, code):
+        self._send(QueueIndex.CONTROL, [bytes(spec.PcmHdr(code=code, stream_id=stream))], [4])
+
+    @rule(stream=st.integers(0, 1), count=st.integers(1, 8))
+    def period_messages(self, stream, count):
+        """Well-sized messages (the last SET_PARAMS' period, or the default one) that a running stream holds."""
+        period = self.period.get(stream, 1920)
+        if period > MAX_BUFFER_BYTES:
+            return
+        queue = QueueIndex.TX if stream == 0 else QueueIndex.RX
+        dq = self._queue(queue)
+        for _ in range(count):
+            if len(dq.free) < 2:
+                break
+            if stream == 0:
+                dq.add([struct.pack("<I", stream), bytes(period)], [8])
+            else:
+                dq.add([struct.pack("<I", stream)], [period, 8])
+        self.rig.drv.kick(queue)
+
+    @rule(queue=QUEUES, times=st.integers(1, 64))
+    def republish_held_head(self, queue, times):
+        """Publish a head again while the device may still hold it (the in-flight attack)."""
+        dq = self._queue(queue)
+        if not dq.pending:
+            return
+        head = sorted(dq.pending)[0]
+        for _ in range(times):
+            dq.publish(head)
+        self._unwatch(queue)
+        self.rig.drv.kick(queue)
+
+    @rule(ms=st.integers(1, 30))
+    def let_time_pass(self, ms):
+        """Running streams' clocks tick (tone capture, xruns)."""
+        time.sleep(ms / 1000)
+
     @rule(queue=QUEUES, kick=st.booleans())
     def disable_live_queue(self, queue, kick):
         """Linux's vm_del_vq order on a live device: QueueReady=0 while the device may hold buffers."""
@@ -193,7 +281,7 @@ class HostileRingMachine(RuleBasedStateMachine):
     @invariant()
     def healthy_and_answering(self):
         rig = self.rig
-        rig.settle()
+        rig.check_resources()
         rig.check_healthy()
         for i, dq in enumerate(rig.drv.queues):
             for entry in dq.collect():
