@@ -5,6 +5,8 @@
 * real time: one 48 kHz stereo S16 playback stream (10 ms periods, the driver keeps 4
   queued) for N seconds: wall time of N seconds of audio (ratio, target 1.00 +- 0.02), the
   clock's mean period error and p99/max lateness, and the process CPU % for that stream;
+* minimum period: the device CPU of one real-time stream at the shortest period the device
+  accepts (1 ms), next to 10 ms, for 48 kHz stereo S16 and 192 kHz 8-channel S32;
 * fast clock throughput: 48 kHz stereo S16 and 192 kHz 8-channel S32 playback into the
   null back end, MB/s and multiples of real time (driver model + device; the guest side
   of a real VM costs extra).
@@ -29,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "snd")
 from snd_driver import SndDriver  # noqa: E402
 
 from pyvmm_snd.device import SoundDevice  # noqa: E402
+from pyvmm_snd import spec  # noqa: E402
 from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode, Status  # noqa: E402
+from pyvmm_snd.stream import MIN_PERIOD_US  # noqa: E402
 
 QUEUED = 4
 
@@ -116,26 +120,54 @@ def count_device_cpu(d: SndDriver) -> list[float]:
     return spent
 
 
-def real_time(seconds: float, backend: str) -> None:
+def real_time(seconds: float, backend: str, period_frames: int = 480, rate: PcmRate = PcmRate.RATE_48000,
+              channels: int = 2, fmt: PcmFormat = PcmFormat.S16, sample_bytes: int = 2, brief: bool = False) -> float:
+    """One real-time playback stream; returns the device CPU (% of one core) it cost."""
     loop = asyncio.new_event_loop()
-    period_bytes = 480 * 4
-    with make_driver(loop, "realtime", backend, 2, PcmFormat.S16, PcmRate.RATE_48000, period_bytes) as d:
+    rate_hz = spec.RATE_HZ[rate]
+    period_bytes = period_frames * channels * sample_bytes
+    period_s = period_frames / rate_hz
+    with make_driver(loop, "realtime", backend, channels, fmt, rate, period_bytes) as d:
         device_cpu = count_device_cpu(d)
         cpu0 = time.process_time()
-        elapsed, clock = loop.run_until_complete(play(d, period_bytes, seconds, 0.010, 0.002))
+        elapsed, clock = loop.run_until_complete(play(d, period_bytes, seconds, period_s, min(0.002, period_s / 2)))
         cpu = time.process_time() - cpu0
         stats = clock.stats.summary()
         clock_stats = d.device.dataplane.io[0]
     loop.close()
-    print(f"real time, 48 kHz stereo S16, 10 ms periods, backend {backend}:")
+    label = (f"{rate_hz / 1000:g} kHz {channels}-ch {fmt.name}, {period_s * 1e3:g} ms periods "
+             f"({period_frames} frames)")
+    device = 100 * device_cpu[0] / seconds  # per second of audio: stays right if a loaded machine ran late
+    if brief:
+        print(f"  {label}: device CPU {device:.2f} % of one core per second of audio ({device_cpu[0] * 1e6 / (seconds / period_s):.0f} us per period); "
+              f"{seconds:.1f} s of audio in {elapsed:.3f} s "
+              f"(ratio {elapsed / seconds:.4f}); lateness p99 {stats['p99_lateness_us']:.0f} us; "
+              f"xruns {clock_stats.stats.xruns}")
+        return device
+    print(f"real time, {label}, backend {backend}:")
     print(f"  {seconds:.1f} s of audio took {elapsed:.3f} s wall (ratio {elapsed / seconds:.4f})")
     print(f"  completions: mean period error {stats['mean_period_error_us']:+.1f} us, lateness p50 "
           f"{stats['p50_lateness_us']:.0f} us, p99 {stats['p99_lateness_us']:.0f} us, "
           f"max {stats['max_lateness_us']:.0f} us, late ticks {stats['late_ticks']:.0f}, "
           f"re-bases {clock.stats.resyncs} (periods skipped {clock.stats.skipped_ticks})")
-    print(f"  device CPU {100 * device_cpu[0] / elapsed:.2f} % of one core for this stream (kicks + ticks); "
-          f"whole process {100 * cpu / elapsed:.1f} % (with the driver model and its 2 ms poll loop); "
+    print(f"  device CPU {device:.2f} % of one core for this stream (kicks + ticks); "
+          f"whole process {100 * cpu / elapsed:.1f} % (with the driver model and its poll loop); "
           f"xruns {clock_stats.stats.xruns}")
+    return device
+
+
+def minimum_period(seconds: float, backend: str) -> None:
+    """Device CPU per stream at the shortest period the device accepts (MIN_PERIOD_US), next to
+    the driver's usual 10 ms, in one run: the cost grows as 1/period."""
+    print(f"device CPU per real-time stream, minimum period {MIN_PERIOD_US} us vs 10 ms, backend {backend}:")
+    for label, rate, rate_hz, channels, fmt, width in (
+            ("48 kHz stereo S16", PcmRate.RATE_48000, 48000, 2, PcmFormat.S16, 2),
+            ("192 kHz 8-ch S32", PcmRate.RATE_192000, 192000, 8, PcmFormat.S32, 4)):
+        minimum = -(-MIN_PERIOD_US * rate_hz // 1_000_000)
+        at_min = real_time(seconds, backend, minimum, rate, channels, fmt, width, brief=True)
+        usual = real_time(seconds, backend, rate_hz // 100, rate, channels, fmt, width, brief=True)
+        print(f"  {label}: {at_min:.2f} % at {MIN_PERIOD_US / 1000:g} ms vs {usual:.2f} % at 10 ms "
+              f"(x{at_min / usual if usual else float('nan'):.1f})")
 
 
 def throughput(label: str, seconds: float, backend: str, channels: int, fmt: PcmFormat, rate: PcmRate,
@@ -188,6 +220,7 @@ def main() -> None:
     if args.guest_seconds:
         guest_real_time(args.guest_seconds)
     real_time(args.seconds, args.backend)
+    minimum_period(args.seconds, args.backend)
     throughput("48 kHz stereo S16", args.fast_seconds, args.backend, 2, PcmFormat.S16, PcmRate.RATE_48000, 48000, 2)
     throughput("192 kHz 8-ch S32", args.fast_seconds, args.backend, 8, PcmFormat.S32, PcmRate.RATE_192000,
                192000, 4)
