@@ -36,6 +36,8 @@ class EventQueue:
         """Encoded events waiting for a buffer."""
         self.max_backlog = max_backlog
         self.dropped = 0
+        self.drop_next = 0
+        """Fault injection (``drop-event N``): the next N events are lost instead of delivered."""
         self.sink: EventSink = NO_EVENTS
         """The device's event sink (``evt`` traces); set when the device activates."""
         self._warn = GuestWarnings(log)
@@ -49,6 +51,7 @@ class EventQueue:
         self.ctx = None
         self.buffers.clear()
         self.backlog.clear()
+        self.drop_next = 0
 
     def refill(self) -> None:
         """Take newly posted buffers off the event queue, then deliver any backlog."""
@@ -73,6 +76,12 @@ class EventQueue:
         """Deliver ``event`` now if a buffer is posted, otherwise keep it for the next buffer."""
         data = bytes(event)
         log.debug("event %s", spec.describe_event(data))
+        if self.drop_next:
+            self.drop_next -= 1
+            log.info("event %s dropped (injected; %d more to drop)", spec.describe_event(data), self.drop_next)
+            self.sink.trace("fault", "fire", what="drop_event", desc=spec.describe_event(data),
+                            remaining=self.drop_next)
+            return
         if len(self.backlog) >= self.max_backlog:
             self.dropped += 1
             lost = self.backlog.popleft()

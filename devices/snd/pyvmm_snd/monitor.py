@@ -1,7 +1,8 @@
 """Monitor commands of the sound device (``snd0 jack 0 disconnect``, ``snd0 fail 0 3 io_err``, ...).
 
 Fault injection for driver debugging: host-side jack and control changes, xrun events,
-I/O messages completed with an error status. Every command runs on the device event loop
+I/O messages completed with an error status, late, stalled or bursty completions,
+DEVICE_NEEDS_RESET, lost events (:mod:`pyvmm_snd.faults`). Every command runs on the device event loop
 (see :meth:`pyvmm.virtio.device.VirtioDevice.monitor_commands`); a bad argument raises
 ValueError, which the monitor reports as a one-line error.
 """
@@ -77,6 +78,55 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
         device.dataplane.io[stream.id].fail_next(count, FAIL_STATUSES[name])
         return f"stream {stream.id}: next {count} I/O messages complete with {FAIL_STATUSES[name].name}"
 
+    def late(args: list[str]) -> str:
+        """late STREAM N MS             complete the stream's next N I/O messages MS ms after their period"""
+        if len(args) != 3:
+            raise ValueError("usage: late STREAM N MS")
+        faults = _faults(device, args[0])
+        faults.late(_number(args[1], "count"), _ms(args[2]))
+        return f"stream {faults.stream_id}: next {args[1]} I/O messages complete {args[2]} ms late"
+
+    def stall(args: list[str]) -> str:
+        """stall STREAM MS              complete nothing for MS ms (the clock runs on), then all at once"""
+        if len(args) != 2:
+            raise ValueError("usage: stall STREAM MS")
+        faults = _faults(device, args[0])
+        faults.stall(_ms(args[1]))
+        return f"stream {faults.stream_id}: completions stalled for {args[1]} ms"
+
+    def burst(args: list[str]) -> str:
+        """burst STREAM N               hold the next N completions, then give them to the driver at once"""
+        if len(args) != 2:
+            raise ValueError("usage: burst STREAM N")
+        faults = _faults(device, args[0])
+        faults.burst(_number(args[1], "count"))
+        return f"stream {faults.stream_id}: next {args[1]} completions in one burst"
+
+    def needs_reset(args: list[str]) -> str:
+        """needs-reset [STREAM N]       set DEVICE_NEEDS_RESET now, or after the stream's Nth I/O message"""
+        if not args:
+            if device.ctx is None:
+                raise ValueError("the driver has not activated the device")
+            device.event_sink.trace("fault", "inject", what="needs_reset")
+            device.ctx.request_reset("injected from the monitor")
+            return "DEVICE_NEEDS_RESET set (configuration change interrupt sent)"
+        if len(args) != 2:
+            raise ValueError("usage: needs-reset [STREAM N]")
+        faults = _faults(device, args[0])
+        faults.needs_reset_after(_number(args[1], "count"))
+        return f"stream {faults.stream_id}: DEVICE_NEEDS_RESET after {args[1]} more I/O messages"
+
+    def drop_event(args: list[str]) -> str:
+        """drop-event [N]               lose the next N device events (default 1) instead of delivering them"""
+        if len(args) > 1:
+            raise ValueError("usage: drop-event [N]")
+        count = _number(args[0], "count") if args else 1
+        if not 0 <= count <= 100_000:
+            raise ValueError("count must be 0..100000")
+        device.events.drop_next = count
+        device.event_sink.trace("fault", "inject", what="drop_event", count=count)
+        return f"next {count} events dropped"
+
     def info(args: list[str]) -> str:
         """info                         streams: state, parameters, queued messages, xruns, back end"""
         lines = [f"driver {'active' if device.ctx is not None else 'not active'}, "
@@ -92,12 +142,16 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
                 io = device.dataplane.io[stream.id]
                 line += (f", periods {io.stats.periods}, xruns {io.stats.xruns}, "
                          f"injected errors {io.stats.injected_errors} ({io.failures_pending} pending)")
+                armed = {k: v for k, v in io.faults.pending.items() if v and k != "fail_status"}
+                if armed:
+                    line += ", armed " + " ".join(f"{k}={v}" for k, v in armed.items())
             lines.append(line)
         for jack_id, connected in enumerate(device.jack_connected):
             lines.append(f"jack {jack_id}: {'connected' if connected else 'disconnected'}")
         return "\n".join(lines)
 
-    return {"jack": jack, "xrun": xrun, "ctl": ctl, "fail": fail, "info": info}
+    return {"jack": jack, "xrun": xrun, "ctl": ctl, "fail": fail, "late": late, "stall": stall, "burst": burst,
+            "needs-reset": needs_reset, "drop-event": drop_event, "info": info}
 
 
 def _number(text: str, what: str) -> int:
@@ -105,6 +159,20 @@ def _number(text: str, what: str) -> int:
         return int(text, 0)
     except ValueError:
         raise ValueError(f"{what} must be a number, not {text!r}") from None
+
+
+def _ms(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"milliseconds must be a number, not {text!r}") from None
+
+
+def _faults(device: SoundDevice, text: str):
+    stream = _stream(device, text)
+    if device.dataplane is None:
+        raise ValueError("the driver has not activated the device")
+    return device.dataplane.io[stream.id].faults
 
 
 def _stream(device: SoundDevice, text: str):

@@ -51,6 +51,7 @@ from pyvmm_snd import iomsg, pcm_format
 from pyvmm_snd.backends import BackendParams, PcmBackend
 from pyvmm_snd.clock import FastClock, RealTimeClock
 from pyvmm_snd.errors import RequestError
+from pyvmm_snd.faults import StreamFaults
 from pyvmm_snd.spec import Direction, QueueIndex, Status
 from pyvmm_snd.stream import PcmParams, PcmStream, StreamState
 
@@ -124,8 +125,8 @@ class StreamIo:
         """Fast clock: completes the last held message if no other one follows it."""
         self._releasing_last = False
         self._completed_since_submit = 0
-        self._failures = 0
-        self._failure_status = Status.IO_ERR
+        self.faults = StreamFaults(stream.id, ctx, sink)
+        """Faults armed from the host (monitor, QMP): how consumed messages are completed."""
 
     @property
     def playback(self) -> bool:
@@ -179,12 +180,11 @@ class StreamIo:
     def fail_next(self, count: int, status: Status) -> None:
         """Error injection (the monitor's ``fail``): the next ``count`` messages the clock
         consumes complete with ``status`` instead of OK, nothing played or recorded."""
-        self._failures = count
-        self._failure_status = status
+        self.faults.fail(count, status)
 
     @property
     def failures_pending(self) -> int:
-        return self._failures
+        return self.faults.fail_count
 
     def start(self) -> None:
         if self.clock is None:
@@ -201,6 +201,7 @@ class StreamIo:
     def release(self) -> None:
         """Return every held message (status OK, nothing played/recorded), close the back end."""
         self._stop_clock()
+        self.stats.flushed += self.faults.flush()
         messages, self.held = self.held, deque()
         for msg in messages:
             iomsg.complete(self.ctx, msg, Status.OK, notify=False)
@@ -214,6 +215,7 @@ class StreamIo:
         """Device reset: stop and drop every held message without completing it."""
         self._stop_clock()
         self._close_backend()
+        self.faults.reset()
         self.held.clear()
         self.geometry = self.params = None
 
@@ -312,15 +314,13 @@ class StreamIo:
             self._hold_timer = None
 
     def _injected_failure(self, msg: IoMessage) -> bool:
-        if not self._failures:
+        status = self.faults.take_failure()
+        if status is None:
             return False
-        self._failures -= 1
         self.stats.injected_errors += 1
-        self.sink.trace("fault", "fire", what="status", stream=self.stream.id, status=self._failure_status.name,
-                        remaining=self._failures)
         log.info("stream %d: I/O message completed with injected %s (%d more to fail)",
-                 self.stream.id, self._failure_status.name, self._failures)
-        iomsg.complete(self.ctx, msg, self._failure_status, latency_bytes=self._latency())
+                 self.stream.id, status.name, self.faults.fail_count)
+        self.faults.complete(msg, status, latency_bytes=self._latency())
         return True
 
     def _chunks(self, nbytes: int) -> Iterator[int]:
@@ -341,7 +341,7 @@ class StreamIo:
                 break  # nothing to feed: do not even read the guest's frames
             data = reader.read(n)
             self._backend_call(lambda backend: backend.write(self._scaled(data)))
-        iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency())
+        self.faults.complete(msg, Status.OK, latency_bytes=self._latency())
 
     def _record(self, msg: IoMessage) -> None:
         self._completed_since_submit += 1
@@ -355,7 +355,7 @@ class StreamIo:
             else:
                 data = self._scaled(data)
             writer.write(data)
-        iomsg.complete(self.ctx, msg, Status.OK, latency_bytes=self._latency(), writer=writer)
+        self.faults.complete(msg, Status.OK, latency_bytes=self._latency(), writer=writer)
 
     def _scaled(self, data: bytes) -> bytes:
         """The stream's volume/mute controls applied (``data`` itself at 0 dB unmuted)."""

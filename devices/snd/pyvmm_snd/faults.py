@@ -1,0 +1,222 @@
+"""Faults a driver developer arms from the host to provoke the driver's timing and error paths.
+
+Each stream's :class:`StreamFaults` decides how the messages its clock consumes are completed:
+
+* ``fail N STATUS``: the next N messages complete with ``IO_ERR``/``BAD_MSG`` (nothing played
+  or recorded);
+* ``late N MS``: the next N messages complete MS milliseconds after their period (the ones
+  after them may complete first: the used ring is allowed to be out of order);
+* ``stall MS``: nothing completes for MS milliseconds while the clock runs on (audio is
+  consumed on time, as a DMA engine would; once the held messages run out the periods are
+  xruns), then everything held back completes in one burst;
+* ``burst N``: the next N completions are held back and given to the driver at once, which
+  moves the guest's hardware pointer by N periods between two interrupts (N >= the periods in
+  the buffer makes Linux's pointer wrap unseen);
+* ``needs-reset N``: after the Nth message the device sets DEVICE_NEEDS_RESET.
+
+Device-wide (:class:`~pyvmm_snd.device.SoundDevice`): ``needs-reset`` now, ``drop-event N``
+(the next N events are lost instead of delivered). Arming and every firing are traced
+(``fault inject``/``fault fire``, :mod:`pyvmm.trace`). A driver reset forgets everything armed;
+RELEASE completes what is held back (status OK) like every other held message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyvmm_snd import iomsg
+from pyvmm_snd.spec import Status
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop
+
+    from pyvmm.events import EventSink
+    from pyvmm.virtio.chain import ChainWriter
+    from pyvmm.virtio.device import DeviceContext
+
+    from pyvmm_snd.iomsg import IoMessage
+
+log = logging.getLogger(__name__)
+
+MAX_DELAY_MS = 60_000
+"""Longest late/stall delay accepted: long enough for any driver timeout, short enough that a
+typo cannot park a stream for hours."""
+MAX_COUNT = 100_000
+
+
+@dataclass
+class _Held:
+    msg: IoMessage
+    status: Status
+    latency_bytes: int
+    writer: ChainWriter | None
+    timer: object = None
+
+
+class StreamFaults:
+    """The faults armed for one stream (see the module docstring); owned by its ``StreamIo``."""
+
+    def __init__(self, stream_id: int, ctx: DeviceContext, sink: EventSink):
+        self.stream_id = stream_id
+        self.ctx = ctx
+        self.sink = sink
+        self.fail_count = 0
+        self.fail_status = Status.IO_ERR
+        self.late_count = 0
+        self.late_ms = 0.0
+        self.burst_count = 0
+        self.stall_timer = None
+        self.reset_after: int | None = None
+        self.fired = 0
+        self._held: list[_Held] = []
+        """Completions held back by a stall or burst, oldest first (later ones queue behind them)."""
+        self._late: list[_Held] = []
+        """Completions waiting for their ``late`` timer (later ones may overtake them)."""
+
+    # -- arming (monitor and QMP, on the device loop) ------------------------------------------------
+
+    def fail(self, count: int, status: Status) -> None:
+        self.fail_count, self.fail_status = _count(count), status
+        self._armed("status", count=count, status=status.name)
+
+    def late(self, count: int, ms: float) -> None:
+        self.late_count, self.late_ms = _count(count), _delay(ms)
+        self._armed("late", count=count, ms=ms)
+
+    def stall(self, ms: float) -> None:
+        delay = _delay(ms)
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+        self.stall_timer = self.ctx.loop.call_later(delay / 1e3, self._end_stall)
+        self._armed("stall", ms=ms)
+
+    def burst(self, count: int) -> None:
+        self.burst_count = _count(count)
+        self._armed("burst", count=count)
+
+    def needs_reset_after(self, count: int) -> None:
+        self.reset_after = _count(count) or None
+        self._armed("needs_reset", after=count)
+
+    @property
+    def pending(self) -> dict[str, object]:
+        """What is armed and not fired yet (for ``info`` and QMP)."""
+        return {"fail": self.fail_count, "fail_status": self.fail_status.name, "late": self.late_count,
+                "late_ms": self.late_ms, "burst": self.burst_count, "stalled": self.stall_timer is not None,
+                "needs_reset_after": self.reset_after, "held_back": len(self._held) + len(self._late)}
+
+    @property
+    def armed(self) -> bool:
+        return bool(self.fail_count or self.late_count or self.burst_count or self.stall_timer is not None
+                    or self.reset_after or self._held or self._late)
+
+    # -- the data path (StreamIo, on the device loop) -------------------------------------------------
+
+    def take_failure(self) -> Status | None:
+        """The status to fail the message being consumed with, or None to play/record it."""
+        if not self.fail_count:
+            return None
+        self.fail_count -= 1
+        self._fired("status", status=self.fail_status.name, remaining=self.fail_count)
+        return self.fail_status
+
+    def complete(self, msg: IoMessage, status: Status, latency_bytes: int = 0,
+                 writer: ChainWriter | None = None) -> None:
+        """Complete a consumed message now, later or in a burst, as armed."""
+        if not self.armed:
+            iomsg.complete(self.ctx, msg, status, latency_bytes=latency_bytes, writer=writer)
+            return
+        held = _Held(msg, status, latency_bytes, writer)
+        if self.reset_after is not None:
+            self.reset_after -= 1
+        if self.late_count:
+            self.late_count -= 1
+            held.timer = self.ctx.loop.call_later(self.late_ms / 1e3, self._release_late, held)
+            self._late.append(held)
+            self._fired("late", head=msg.chain.head, ms=self.late_ms, remaining=self.late_count)
+        elif self.stall_timer is not None:
+            self._held.append(held)
+        elif self.burst_count:
+            self.burst_count -= 1
+            self._held.append(held)
+            if not self.burst_count:
+                self._release_all("burst")
+        elif self._held:  # keep order behind messages still held back by a burst or stall
+            self._held.append(held)
+        else:
+            iomsg.complete(self.ctx, msg, status, latency_bytes=latency_bytes, writer=writer)
+        if self.reset_after == 0:
+            self.reset_after = None
+            self._fired("needs_reset")
+            self.ctx.request_reset(f"stream {self.stream_id}: injected DEVICE_NEEDS_RESET")
+
+    def flush(self) -> int:
+        """RELEASE: complete everything held back now (status as decided, nothing lost)."""
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+        return self._release_all(None)
+
+    def reset(self) -> None:
+        """Driver reset: forget what is armed and held back, complete nothing."""
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+        for held in self._late:
+            held.timer.cancel()
+        self.__init__(self.stream_id, self.ctx, self.sink)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _end_stall(self) -> None:
+        self.stall_timer = None
+        self._release_all("stall")
+
+    def _release_late(self, held: _Held) -> None:
+        if held in self._late:
+            self._late.remove(held)
+            self._complete(held)
+            self.ctx.signal_used(held.msg.queue_index)
+
+    def _release_all(self, why: str | None) -> int:
+        """Complete what a stall or burst held back (and, for RELEASE, what waits to be late)."""
+        held, self._held = self._held, []
+        if why is None:
+            for h in self._late:
+                h.timer.cancel()
+            held, self._late = self._late + held, []
+        for h in held:
+            self._complete(h)
+        if held:
+            if why is not None:
+                self._fired(why, released=len(held))
+            self.ctx.signal_used(held[0].msg.queue_index)
+        return len(held)
+
+    def _complete(self, held: _Held) -> None:
+        iomsg.complete(self.ctx, held.msg, held.status, latency_bytes=held.latency_bytes, writer=held.writer,
+                       notify=False)
+
+    def _armed(self, what: str, **fields) -> None:
+        log.info("stream %d: fault armed: %s %s", self.stream_id, what,
+                 " ".join(f"{k}={v}" for k, v in fields.items()))
+        self.sink.trace("fault", "inject", what=what, stream=self.stream_id, **fields)
+
+    def _fired(self, what: str, **fields) -> None:
+        self.fired += 1
+        self.sink.trace("fault", "fire", what=what, stream=self.stream_id, **fields)
+
+
+def _count(count: int) -> int:
+    if not 0 <= count <= MAX_COUNT:
+        raise ValueError(f"count must be 0..{MAX_COUNT}")
+    return count
+
+
+def _delay(ms: float) -> float:
+    if not 0 < ms <= MAX_DELAY_MS:
+        raise ValueError(f"delay must be more than 0 and at most {MAX_DELAY_MS} ms")
+    return float(ms)
+
+
