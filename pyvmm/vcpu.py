@@ -112,6 +112,11 @@ class GuestPosition:
     physical: int | None
     code: bytes
 
+    @property
+    def is_reset_vector(self) -> bool:
+        """Real mode at CS:IP F000:FFF0 (CS base 0xFFFF0000): the state INIT or RESET leaves."""
+        return self.mode == "real" and self.rip == 0xFFF0 and self.linear == 0xFFFF_FFF0
+
     def describe(self) -> str:
         text = f"RIP {self.rip:#x} ({self.mode} mode"
         if self.physical is not None and self.physical != self.linear:
@@ -401,6 +406,12 @@ class Vcpu:
             return VcpuStop(kind, f"vcpu{self.id}: {kind.value} ({exit_.describe()})", self.id, exit_)
         where = self._position()
         if reason == ExitReason.SHUTDOWN:
+            if where is not None and where.is_reset_vector:
+                # kvm_amd INITs the vCPU on a shutdown intercept before returning (the VMCB is
+                # undefined after one); kvm_intel and kvm_pvm keep the faulting state.
+                message = (f"vcpu{self.id}: {StopKind.SHUTDOWN.value}: RIP unknown, KVM re-initialised the vCPU "
+                           f"before returning (kvm_amd does: its registers read the reset vector 0xfff0)")
+                return self._stop_with(StopKind.SHUTDOWN, message, exit_, None)
             message = (f"vcpu{self.id}: {StopKind.SHUTDOWN.value}: the guest reset itself or crashed"
                        f" at {where.describe() if where else 'unknown RIP'}")
             return self._stop_with(StopKind.SHUTDOWN, message, exit_, where)

@@ -93,6 +93,8 @@ KVM_NMI = _io(0x9A)
 KVM_SET_GUEST_DEBUG = _iow(0x9B, _sz(s.kvm_guest_debug))
 KVM_GET_VCPU_EVENTS = _ior(0x9F, _sz(s.kvm_vcpu_events))
 KVM_SET_VCPU_EVENTS = _iow(0xA0, _sz(s.kvm_vcpu_events))
+KVM_GET_XSAVE = _ior(0xA4, _sz(s.kvm_xsave))
+KVM_SET_XSAVE = _iow(0xA5, _sz(s.kvm_xsave))
 
 NAMES: dict[int, str] = {
     value: name for name, value in list(globals().items()) if name.startswith("KVM_") and isinstance(value, int)

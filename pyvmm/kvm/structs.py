@@ -86,9 +86,21 @@ class kvm_sregs(_Struct):
 
 
 class kvm_fpu(_Struct):
+    """KVM_GET/SET_FPU. x86 KVM neither reads nor writes ``mxcsr`` here (kvm_pvm and kvm_amd alike:
+    it reads back 0); MXCSR travels in the XSAVE area, see ``VcpuFd.get_mxcsr``."""
     _fields_ = [("fpr", (u8 * 16) * 8), ("fcw", u16), ("fsw", u16), ("ftwx", u8), ("pad1", u8),
                 ("last_opcode", u16), ("last_ip", u64), ("last_dp", u64),
                 ("xmm", (u8 * 16) * 16), ("mxcsr", u32), ("pad2", u32)]
+
+
+class kvm_xsave(_Struct):
+    """KVM_GET/SET_XSAVE: the vCPU's FPU/SSE/AVX state in the XSAVE (standard) format."""
+    _fields_ = [("region", u32 * 1024)]
+
+
+XSAVE_MXCSR_OFFSET = 24          # in the legacy (FXSAVE) area
+XSAVE_XSTATE_BV_OFFSET = 512     # the XSAVE header's bitmap of saved components
+XFEATURE_MASK_SSE = 1 << 1
 
 
 class kvm_msr_entry(_Struct):

@@ -9,7 +9,7 @@ from pyvmm.errors import VmmError
 from pyvmm.kvm import ioctls as io
 from pyvmm.kvm import structs as s
 from pyvmm.kvm.constants import KVM_API_VERSION
-from pyvmm.kvm.cpuid import CpuidEntry, cpuid_from_struct
+from pyvmm.kvm.cpuid import CpuidEntry, cpuid_read_buffer, cpuid_written
 from pyvmm.kvm.ioctls import KvmError, ioctl
 from pyvmm.kvm.vm_fd import VmFd
 
@@ -67,10 +67,9 @@ class Kvm:
         return self._cpuid(io.KVM_GET_EMULATED_CPUID, max_entries)
 
     def _cpuid(self, request: int, max_entries: int) -> list[CpuidEntry]:
-        buf = s.cpuid2_with(max_entries)()
-        buf.nent = max_entries
+        buf = cpuid_read_buffer(max_entries)
         ioctl(self.fd, request, buf)
-        return cpuid_from_struct(buf)
+        return cpuid_written(buf, max_entries)
 
     def get_msr_index_list(self) -> list[int]:
         """MSR indices KVM can save/restore for a guest (KVM_GET_MSR_INDEX_LIST)."""

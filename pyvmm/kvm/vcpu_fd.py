@@ -26,7 +26,7 @@ import os
 from pyvmm.kvm import ioctls as io
 from pyvmm.kvm import structs as s
 from pyvmm.kvm.constants import ExitReason, MpState
-from pyvmm.kvm.cpuid import CpuidEntry, cpuid_from_struct, cpuid_to_struct
+from pyvmm.kvm.cpuid import CpuidEntry, cpuid_read_buffer, cpuid_to_struct, cpuid_written
 from pyvmm.kvm.exits import VcpuExit, decode_exit
 from pyvmm.kvm.ioctls import KvmError, ioctl, raw_ioctl
 
@@ -136,6 +136,32 @@ class VcpuFd:
             fpu = s.fill(self.get_fpu(), fpu)
         ioctl(self.fd, io.KVM_SET_FPU, fpu)
 
+    def get_xsave(self) -> s.kvm_xsave:
+        xsave = s.kvm_xsave()
+        ioctl(self.fd, io.KVM_GET_XSAVE, xsave)
+        return xsave
+
+    def set_xsave(self, xsave: s.kvm_xsave) -> None:
+        ioctl(self.fd, io.KVM_SET_XSAVE, xsave)
+
+    def get_mxcsr(self) -> int:
+        """The guest's MXCSR. Not from ``get_fpu()``: KVM leaves ``kvm_fpu.mxcsr`` at 0."""
+        return int.from_bytes(memoryview(self.get_xsave()).cast("B")[
+            s.XSAVE_MXCSR_OFFSET:s.XSAVE_MXCSR_OFFSET + 4], "little")
+
+    def set_mxcsr(self, value: int) -> None:
+        """Set the guest's MXCSR through KVM_SET_XSAVE (KVM_SET_FPU ignores ``mxcsr``).
+
+        The SSE bit of the header's XSTATE_BV is set too: without it KVM keeps the SSE
+        state, MXCSR included, in its initial configuration. KVM refuses reserved bits (EINVAL).
+        """
+        xsave = self.get_xsave()
+        raw = memoryview(xsave).cast("B")
+        raw[s.XSAVE_MXCSR_OFFSET:s.XSAVE_MXCSR_OFFSET + 4] = value.to_bytes(4, "little")
+        bv = int.from_bytes(raw[s.XSAVE_XSTATE_BV_OFFSET:s.XSAVE_XSTATE_BV_OFFSET + 8], "little")
+        raw[s.XSAVE_XSTATE_BV_OFFSET:s.XSAVE_XSTATE_BV_OFFSET + 8] = (bv | s.XFEATURE_MASK_SSE).to_bytes(8, "little")
+        self.set_xsave(xsave)
+
     def get_msrs(self, indices) -> dict[int, int]:
         """Values of the given MSRs; raises naming the first MSR KVM could not read."""
         indices = list(indices)
@@ -165,10 +191,10 @@ class VcpuFd:
         ioctl(self.fd, io.KVM_SET_CPUID2, cpuid_to_struct(list(entries)))
 
     def get_cpuid(self, max_entries: int = 256) -> list[CpuidEntry]:
-        buf = s.cpuid2_with(max_entries)()
-        buf.nent = max_entries
+        """The vCPU's CPUID entries (KVM_GET_CPUID2): only those the kernel wrote, see :func:`cpuid_written`."""
+        buf = cpuid_read_buffer(max_entries)
         ioctl(self.fd, io.KVM_GET_CPUID2, buf)
-        return cpuid_from_struct(buf)
+        return cpuid_written(buf, max_entries)
 
     def get_lapic(self) -> s.kvm_lapic_state:
         lapic = s.kvm_lapic_state()

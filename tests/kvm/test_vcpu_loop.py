@@ -8,7 +8,7 @@ import time
 
 from pyvmm.kvm.constants import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP
 from pyvmm.vcpu import StopKind, Vcpu
-from tinyguest import CODE, MMIO_BASE, Recorder, TinyVm, kvm_test, u64
+from tinyguest import CODE, MMIO_BASE, ON_KVM_AMD, Recorder, TinyVm, kvm_test, u64
 
 pytestmark = kvm_test
 
@@ -108,8 +108,14 @@ def test_triple_fault_reports_shutdown_with_rip():
         vcpu.start()
         stop = vcpu.wait(timeout=20)
         assert stop.kind == StopKind.SHUTDOWN, stop
-        assert "triple fault" in stop.message and "RIP 0x1001" in stop.message
-        assert stop.insn_bytes.startswith(bytes.fromhex("48a1"))
+        assert "triple fault" in stop.message
+        if ON_KVM_AMD:
+            # kvm_amd INITs the vCPU before KVM_RUN returns: the faulting RIP is gone, and
+            # pyvmm says so instead of naming the reset vector 0xfff0.
+            assert "RIP unknown" in stop.message and "0xfff0" in stop.message and stop.rip is None
+        else:  # kvm_pvm and kvm_intel keep the state at the fault
+            assert "RIP 0x1001" in stop.message and stop.rip == 0x1001
+            assert stop.insn_bytes.startswith(bytes.fromhex("48a1"))
 
 
 def test_emulation_failure_reports_rip_and_instruction_bytes(caplog):

@@ -31,6 +31,8 @@ requires_kvm = pytest.mark.skipif(not KVM_PRESENT, reason="/dev/kvm is absent: t
 kvm_test = [pytest.mark.kvm, requires_kvm]
 ON_KVM_PVM = os.path.isdir("/sys/module/kvm_pvm")
 """kvm_pvm (see platform.md) differs from hardware KVM in a few documented ways the tests allow for."""
+ON_KVM_AMD = os.path.isdir("/sys/module/kvm_amd")
+"""kvm_amd (the real-KVM tier, scripts/real-kvm) differs from kvm_intel in a few ways too (triple fault)."""
 
 RAM_SIZE = 4 << 20
 GDT, GDT_PTR, CODE, DATA, STACK_TOP = 0x500, 0x600, 0x1000, 0x3000, 0x8000
