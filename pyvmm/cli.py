@@ -166,6 +166,7 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
         trace_file=trace_file,
         acpi=acpi,
         modules=modules,
+        expect_exit_status=bool(command),
     )
     config.validate()
     from pyvmm.vm import run_vm

@@ -127,6 +127,9 @@ class MachineConfig:
     """ACPI tables: on, off, or auto (on when the kernel has ACPI, see arch/x86_64/acpi_probe.py)."""
     modules: Path | None = None
     """A kernel's /lib/modules/RELEASE: the modules the devices need go into an initramfs overlay."""
+    expect_exit_status: bool = False
+    """``pyvmm run -- CMD``: the guest owes an exit status, so a reset or triple fault before it
+    arrives is an error (status 1), not a reboot."""
 
     def validate(self) -> None:
         if not self.kernel.is_file():

@@ -56,8 +56,10 @@ KVM_IDENTITY_MAP_ADDR = 0xFFFB_C000
 EXIT_TIMEOUT = 124
 EXIT_ERROR = 1
 
-#: x87 control word and MXCSR as the CPU resets them (Linux expects the defaults).
-FPU_DEFAULTS = {"fcw": 0x37F, "mxcsr": 0x1F80}
+#: The x87 control word as the CPU resets it (Linux expects the default). MXCSR is not set here:
+#: KVM_SET_FPU ignores its ``mxcsr`` field, and KVM creates vCPUs with the reset value 0x1F80
+#: (tests/kvm/test_kvm_state.py checks both; ``VcpuFd.set_mxcsr`` changes it through XSAVE).
+FPU_DEFAULTS = {"fcw": 0x37F}
 
 
 class IrqFd:
@@ -145,7 +147,7 @@ class Vm:
             self.pio_bus,
             serial_sink=self.console.write_output,
             serial_irq=GsiLine(self.vm_fd, layout.LEGACY_IRQS["com1"]),
-            on_reset=lambda: self.request_stop(0, "guest reset the machine", cause="guest-reset"),
+            on_reset=lambda: self._guest_reset("guest reset the machine"),
             on_exit=lambda status: self.request_stop(status, f"guest wrote {status} to the debug-exit port",
                                                      cause="guest-shutdown"),
         )
@@ -274,8 +276,10 @@ class Vm:
     def _on_vcpu_stop(self, vcpu: Vcpu, stop: VcpuStop) -> None:
         if stop.kind is StopKind.REQUESTED:
             return
-        if stop.kind in (StopKind.SHUTDOWN, StopKind.RESET):
-            self.request_stop(0, f"guest reset ({stop.message})", cause="guest-reset")
+        if stop.kind is StopKind.SHUTDOWN:
+            self._guest_reset(stop.message, crashed=True)
+        elif stop.kind is StopKind.RESET:
+            self._guest_reset(f"guest reset ({stop.message})")
         elif stop.kind is StopKind.POWEROFF:
             self.request_stop(0, "guest powered off", cause="guest-shutdown")
         else:
@@ -350,6 +354,17 @@ class Vm:
     def paused(self) -> bool:
         """True while every vCPU is parked or has a pause pending (e.g. before the first run)."""
         return bool(self.vcpus) and all(vcpu.pause_requested for vcpu in self.vcpus)
+
+    def _guest_reset(self, message: str, crashed: bool = False) -> None:
+        """A reset or triple fault. pyvmm does not reboot guests (like QEMU's ``-no-reboot``): the VM
+        stops with 0, unless a command's exit status was still owed (``expect_exit_status``)."""
+        if self.config.expect_exit_status:
+            self.request_stop(EXIT_ERROR, f"{message}, before the command's exit status arrived", error=True,
+                              cause="guest-reset")
+            return
+        if crashed:
+            log.warning("%s; stopping (pyvmm does not reboot guests)", message)
+        self.request_stop(0, message, cause="guest-reset")
 
     # -- running --------------------------------------------------------------------
 
