@@ -15,7 +15,7 @@ from typing import Sequence
 from pyvmm.errors import VmmError
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
 
-from pyvmm_snd import hostaudio, monitor, spec, topology
+from pyvmm_snd import hostaudio, monitor, qmp, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.dataplane import PcmDataPlane
@@ -35,6 +35,7 @@ class SoundDevice(VirtioDevice):
 
     device_type = spec.DEVICE_ID
     queue_max_sizes = (QUEUE_SIZE,) * len(QueueIndex)
+    feature_names = {spec.F_CTLS: "VIRTIO_SND_F_CTLS"}
 
     def __init__(self, options: dict[str, str] | None = None):
         options = dict(options or {})
@@ -64,6 +65,8 @@ class SoundDevice(VirtioDevice):
         self.dataplane: PcmDataPlane | None = None
         self.ctx: DeviceContext | None = None
         self._config = bytes(self.topology.config())
+        self.paused = False
+        """The VM is paused (QMP ``stop``): stream clocks stand still."""
         self._warn = GuestWarnings(log)
         log.info("virtio-snd: %d streams, %d jacks, %d chmaps, %d controls; %s",
                  len(self.streams), len(self.topology.jacks), len(self.topology.chmaps),
@@ -95,7 +98,10 @@ class SoundDevice(VirtioDevice):
         self.ctx = ctx
         self.control_plane.ctls_negotiated = bool(ctx.features >> spec.F_CTLS & 1)
         self.dataplane = PcmDataPlane(ctx, self.streams, self.backends, self.host_audio.clock,
-                                      self.controls.stream_gain, self.report_xrun, sink=self.event_sink)
+                                      self.controls.stream_gain, self._xrun_detected, sink=self.event_sink)
+        if self.paused:
+            for io in self.dataplane.io:
+                io.freeze()
         self.control_plane.dataplane = self.dataplane
         self.control_plane.sink = self.events.sink = self.event_sink
         self.events.activate(ctx)
@@ -141,6 +147,21 @@ class SoundDevice(VirtioDevice):
         """``snd0 jack|xrun|ctl|fail|info ...`` in the monitor (see ``pyvmm_snd/monitor.py``)."""
         return monitor.commands(self)
 
+    def qmp_commands(self):
+        """``x-pyvmm-snd-query-streams``, ``x-pyvmm-snd-inject`` (see ``pyvmm_snd/qmp.py``)."""
+        return qmp.commands(self)
+
+    def pause(self) -> None:
+        """QMP ``stop``: every stream's period clock stands still (no completion, no xrun)."""
+        self.paused = True
+        for io in self.dataplane.io if self.dataplane is not None else ():
+            io.freeze()
+
+    def resume(self) -> None:
+        self.paused = False
+        for io in self.dataplane.io if self.dataplane is not None else ():
+            io.thaw()
+
     # -- PCM I/O ------------------------------------------------------------------------------
 
     def _process_io(self, queue_index: QueueIndex) -> None:
@@ -161,6 +182,7 @@ class SoundDevice(VirtioDevice):
         self.jack_connected[jack_id] = connected
         log.info("virtio-snd: jack %d %s", jack_id, "connected" if connected else "disconnected")
         self.events.jack(jack_id, connected)
+        self.event_sink.emit("SND_JACK_CHANGED", jack=jack_id, connected=connected, notified=self.ctx is not None)
 
     def set_control(self, control_id: int, values: Sequence[int] | bytes) -> None:
         """Change a control value from the host; the guest gets a CTL_NOTIFY event."""
@@ -170,18 +192,27 @@ class SoundDevice(VirtioDevice):
         self.controls.validate(control_id, values)
         self._on_loop(self.controls.set, control_id, values)
 
-    def report_xrun(self, stream_id: int) -> bool:
-        """Send an XRUN event if the driver asked for them on that stream (used by the data plane)."""
+    def report_xrun(self, stream_id: int, kind: str = "injected") -> bool:
+        """Send an XRUN event if the driver asked for them on that stream; True if sent.
+        Host event ``SND_PCM_XRUN`` either way; ``kind``: injected (monitor, QMP), underrun
+        or overrun (the data plane found no guest buffer for a period)."""
         stream = self.streams[stream_id]
         params = stream.params
-        if params is None or not params.wants(PcmFeature.EVT_XRUNS) or stream.state != StreamState.STARTED:
-            return False
-        self.events.xrun(stream_id)
-        return True
+        notified = params is not None and params.wants(PcmFeature.EVT_XRUNS) and stream.state == StreamState.STARTED
+        if notified:
+            self.events.xrun(stream_id)
+        self.event_sink.emit("SND_PCM_XRUN", stream=stream_id, kind=kind, notified=notified)
+        return notified
+
+    def _xrun_detected(self, stream_id: int) -> bool:
+        output = self.streams[stream_id].direction == spec.Direction.OUTPUT
+        return self.report_xrun(stream_id, "underrun" if output else "overrun")
 
     def _control_changed(self, control_id: int, mask: int) -> None:
-        if self.control_plane.ctls_negotiated:
+        notified = self.control_plane.ctls_negotiated
+        if notified:
             self.events.ctl_notify(control_id, mask)
+        self.event_sink.emit("SND_CTL_CHANGED", control=control_id, mask=mask, notified=notified)
 
     def _on_loop(self, fn, *args) -> None:
         ctx = self.ctx

@@ -127,6 +127,9 @@ class StreamIo:
         self._completed_since_submit = 0
         self.faults = StreamFaults(stream.id, ctx, sink)
         """Faults armed from the host (monitor, QMP): how consumed messages are completed."""
+        self.frozen = False
+        """The VM is paused (QMP ``stop``): the clock stands still until :meth:`thaw`."""
+        self._thaw_clock = False
 
     @property
     def playback(self) -> bool:
@@ -189,10 +192,13 @@ class StreamIo:
     def start(self) -> None:
         if self.clock is None:
             self._open()
+        elif self.frozen:
+            self._thaw_clock = True
         else:
             self.clock.resume()
 
     def stop(self) -> None:
+        self._thaw_clock = False
         self._cancel_hold()
         if self.clock is not None:
             self.clock.pause()
@@ -241,9 +247,13 @@ class StreamIo:
             self.clock = RealTimeClock(self.ctx.loop, geometry.period_seconds, self._tick,
                                        name=name, max_catchup=max(1, periods // 2))
         log.debug("stream %d: run starts (%s, %s clock)", self.stream.id, geometry, self.clock_kind)
-        self.clock.start()
+        if self.frozen:
+            self._thaw_clock = True  # starts with the first period when the VM runs again
+        else:
+            self.clock.start()
 
     def _stop_clock(self) -> None:
+        self._thaw_clock = False
         self._cancel_hold()
         if self.clock is not None:
             self.clock.stop()
@@ -257,6 +267,23 @@ class StreamIo:
             except Exception as exc:
                 log.warning("stream %d: closing back end %s failed: %s", self.stream.id, self.backend.describe(), exc)
         self._backend_ok = False
+
+    # -- VM pause (QMP stop/cont) ----------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """The VM is paused: no period passes (nothing completes, no xrun counts) until
+        :meth:`thaw`; the period in progress finishes after the pause (RealTimeClock.pause)."""
+        self.frozen = True
+        self._cancel_hold()
+        if self.clock is not None and self.clock.running:
+            self.clock.pause()
+            self._thaw_clock = True
+
+    def thaw(self) -> None:
+        self.frozen = False
+        if self._thaw_clock and self.clock is not None and self.stream.state == StreamState.STARTED:
+            self.clock.resume()
+        self._thaw_clock = False
 
     def close(self) -> None:
         """The VMM exits: stop the clock, flush the back end."""

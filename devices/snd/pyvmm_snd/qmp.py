@@ -1,0 +1,123 @@
+"""QMP commands of the sound device, with QEMU's vendor prefix (``x-pyvmm-snd-...``).
+
+* ``x-pyvmm-snd-query-streams``: every stream's state, parameters, held messages, counters
+  and clock; the jacks.
+* ``x-pyvmm-snd-inject {"type": ...}``: the monitor's fault injections as one command:
+  ``jack`` (``jack``, ``connected``), ``xrun`` (``stream``), ``ctl`` (``control``,
+  ``values``), ``fail`` (``stream``, ``count``, ``status``: ``io-err`` | ``bad-msg``).
+
+Both run on the device event loop (:meth:`pyvmm.virtio.device.VirtioDevice.qmp_commands`);
+a bad argument raises ValueError, which QMP reports as a ``GenericError``. What happens is
+also published as events (``SND_JACK_CHANGED``, ``SND_PCM_XRUN``, ``SND_CTL_CHANGED``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from pyvmm_snd.spec import Status
+
+if TYPE_CHECKING:
+    from pyvmm_snd.device import SoundDevice
+
+FAIL_STATUSES = {"io-err": Status.IO_ERR, "bad-msg": Status.BAD_MSG}
+
+
+def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    def query_streams(arguments: dict[str, Any]) -> dict[str, Any]:
+        """x-pyvmm-snd-query-streams: streams (state, parameters, counters, clock) and jacks"""
+        _only(arguments, set())
+        return {
+            "driver-active": device.ctx is not None,
+            "paused": device.paused,
+            "backend": device.backend,
+            "clock": device.host_audio.clock,
+            "streams": [_stream_info(device, stream) for stream in device.streams],
+            "jacks": [{"jack": i, "connected": c} for i, c in enumerate(device.jack_connected)],
+        }
+
+    def inject(arguments: dict[str, Any]) -> dict[str, Any]:
+        """x-pyvmm-snd-inject: jack change, XRUN event, control change or failed I/O messages"""
+        kind = _arg(arguments, "type", str)
+        if kind == "jack":
+            _only(arguments, {"type", "jack", "connected"})
+            jack, connected = _arg(arguments, "jack", int), _arg(arguments, "connected", bool)
+            was = device.jack_connected[jack] if 0 <= jack < len(device.jack_connected) else None
+            device.set_jack(jack, connected)
+            return {"sent": was != connected and device.ctx is not None}
+        if kind == "xrun":
+            _only(arguments, {"type", "stream"})
+            return {"sent": device.report_xrun(_stream_id(device, arguments))}
+        if kind == "ctl":
+            _only(arguments, {"type", "control", "values"})
+            values = _arg(arguments, "values", list)
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ValueError("'values' must be a non-empty list of integers")
+            device.set_control(_arg(arguments, "control", int), values)
+            return {"sent": device.control_plane.ctls_negotiated}
+        if kind == "fail":
+            _only(arguments, {"type", "stream", "count", "status"})
+            stream_id, count = _stream_id(device, arguments), _arg(arguments, "count", int)
+            status = arguments.get("status", "io-err")
+            if count < 0 or status not in FAIL_STATUSES:
+                raise ValueError(f"'count' must be >= 0 and 'status' one of {', '.join(FAIL_STATUSES)}")
+            if device.dataplane is None:
+                raise ValueError("the driver has not activated the device")
+            device.dataplane.io[stream_id].fail_next(count, FAIL_STATUSES[status])
+            return {"sent": True}
+        raise ValueError(f"'type' must be jack, xrun, ctl or fail, not {kind!r}")
+
+    return {"x-pyvmm-snd-query-streams": query_streams, "x-pyvmm-snd-inject": inject}
+
+
+def _stream_info(device: SoundDevice, stream) -> dict[str, Any]:
+    params = stream.params
+    info: dict[str, Any] = {
+        "stream": stream.id,
+        "direction": stream.direction.name.lower(),
+        "state": stream.state.value,
+        "params": None if params is None else {
+            "buffer-bytes": params.buffer_bytes, "period-bytes": params.period_bytes,
+            "channels": params.channels, "format": params.format.name, "rate": params.rate_hz,
+            "features": params.features,
+        },
+    }
+    io = device.dataplane.io[stream.id] if device.dataplane is not None else None
+    held = getattr(io, "held", None) if io is not None else None
+    info["held"] = len(held if held is not None else stream.pending)
+    if io is None:
+        return info
+    stats = io.stats
+    info.update({
+        "periods": stats.periods, "bytes": stats.bytes, "xruns": stats.xruns, "xrun-periods": stats.xrun_periods,
+        "xrun-events": stats.xrun_events, "injected-errors": stats.injected_errors,
+        "failures-pending": io.failures_pending,
+    })
+    clock = io.clock
+    info["clock"] = None if clock is None else {
+        "kind": io.clock_kind, "running": clock.running, "paused": io.frozen or clock.paused,
+        "ticks": clock.stats.ticks, "late-ticks": clock.stats.late_ticks,
+    }
+    return info
+
+
+def _arg(arguments: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in arguments:
+        raise ValueError(f"'{name}' is missing")
+    value = arguments[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"'{name}' must be {'an integer' if kind is int else kind.__name__}")
+    return value
+
+
+def _only(arguments: dict[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(arguments) - allowed)
+    if extra:
+        raise ValueError(f"unexpected argument {extra[0]!r}")
+
+
+def _stream_id(device: SoundDevice, arguments: dict[str, Any]) -> int:
+    stream_id = _arg(arguments, "stream", int)
+    if not 0 <= stream_id < len(device.streams):
+        raise ValueError(f"stream {stream_id} does not exist ({len(device.streams)} streams)")
+    return stream_id
