@@ -65,7 +65,7 @@ def device_status(dev) -> dict[str, Any]:
         "host-features": _decode_features(offered or 0, feature_names),
         "guest-features": _decode_features(negotiated or 0, feature_names),
         "num-vqs": len(queues) or len(getattr(dev.device, "queue_max_sizes", ())),
-        "started": bool(status & C.Status.DRIVER_OK),
+        "started": bool(status & C.Status.DRIVER_OK) or any(getattr(q, "ready", False) for q in queues),
         "broken": any(getattr(q, "broken", False) for q in queues),
     }
 
