@@ -9,8 +9,8 @@ Per client: the greeting, then only ``qmp_capabilities`` until negotiation (as Q
 any command; events from the :class:`~pyvmm.events.EventBus` are delivered only after
 negotiation. Bounds: at most :data:`MAX_CLIENTS` clients (more are told so and closed), one
 message at most :data:`~pyvmm.qmp.protocol.MAX_MESSAGE_BYTES`, at most
-:data:`MAX_QUEUED_EVENTS` undelivered events per client (a client that does not read loses
-the oldest and is told how many in a log line), and a client that sends commands without
+:data:`MAX_QUEUED_EVENTS` undelivered events per client (a client that does not read misses
+later events, logged once), and a client that sends commands without
 reading the replies is not read from until it catches up.
 """
 
