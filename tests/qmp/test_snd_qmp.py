@@ -150,11 +150,12 @@ def test_query_streams_before_and_after_parameters(driver):
     result = qmp.commands(d.device)["x-pyvmm-snd-query-streams"]({})
     assert result["driver-active"] and not result["paused"]
     assert result["jacks"][0] == {"jack": 0, "connected": True}
+    assert result["event-buffers"] == 64 and result["event-backlog"] == 0
     first = result["streams"][0]
     assert first["direction"] == "output" and first["clock"] is None and first["held"] == 0
-    playing(d, 2)
+    heads = playing(d, 2)
     first = streams(d)[0]
-    assert first["state"] == "prepared" and first["held"] == 2
+    assert first["state"] == "prepared" and first["held"] == 2 and first["held-heads"] == heads
     assert first["params"] == {"buffer-bytes": 4 * PERIOD, "period-bytes": PERIOD, "channels": 2,
                                "format": "S16", "rate": 48000, "features": 1 << PcmFeature.EVT_XRUNS}
     with pytest.raises(ValueError, match="unexpected"):

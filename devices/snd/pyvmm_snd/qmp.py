@@ -1,7 +1,8 @@
 """QMP commands of the sound device, with QEMU's vendor prefix (``x-pyvmm-snd-...``).
 
-* ``x-pyvmm-snd-query-streams``: every stream's state, parameters, held messages, counters
-  and clock; the jacks.
+* ``x-pyvmm-snd-query-streams``: every stream's state, parameters, held messages (their
+  descriptor heads, for ``x-query-virtio-queue-element``), counters and clock; the jacks; the
+  event buffers the driver posted and the events waiting for one.
 * ``x-pyvmm-snd-inject {"type": ...}``: the monitor's fault injections as one command:
   ``jack`` (``jack``, ``connected``), ``xrun`` (``stream``), ``ctl`` (``control``,
   ``values``), ``fail`` (``stream``, ``count``, ``status``: ``io-err`` | ``bad-msg``).
@@ -34,6 +35,8 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             "clock": device.host_audio.clock,
             "streams": [_stream_info(device, stream) for stream in device.streams],
             "jacks": [{"jack": i, "connected": c} for i, c in enumerate(device.jack_connected)],
+            "event-buffers": len(device.events.buffers),
+            "event-backlog": len(device.events.backlog),
         }
 
     def inject(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +87,10 @@ def _stream_info(device: SoundDevice, stream) -> dict[str, Any]:
     }
     io = device.dataplane.io[stream.id] if device.dataplane is not None else None
     held = getattr(io, "held", None) if io is not None else None
-    info["held"] = len(held if held is not None else stream.pending)
+    held = list(held if held is not None else stream.pending)
+    info["held"] = len(held)
+    info["held-heads"] = [msg.chain.head for msg in held]
+    # descriptor heads of the held messages: x-query-virtio-queue-element decodes each
     if io is None:
         return info
     stats = io.stats
