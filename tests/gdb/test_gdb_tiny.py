@@ -104,7 +104,9 @@ def test_watchpoint_fires_or_is_refused_with_a_reason(tiny, caplog):
 
 
 def test_ctrl_c_interrupts_a_running_guest(tiny):
-    out = run_gdb(tiny.socket_path, ["continue", "info registers rip", "detach"], interrupt_after=1.5).stdout
+    # Ctrl-C once the guest runs (the counter moves only after gdb's 'continue')
+    out = run_gdb(tiny.socket_path, ["continue", "info registers rip", "detach"],
+                  interrupt_when=lambda: tiny.counter() > 1000).stdout
     assert "Program received signal SIGINT" in out, out
     assert _values(out, "rip")[0] in (LOOP, NOP, JMP), out
     assert tiny.counter() > 0
@@ -207,6 +209,12 @@ def test_gdb_waiting_for_the_guest_learns_its_exit_status(tiny):
     """When the VM stops while gdb waits in 'continue', gdb gets the status (W packet)."""
     import threading
 
-    threading.Timer(1.5, tiny.server.close, args=(3,)).start()
+    def stop_the_vm_once_it_runs():
+        deadline = time.monotonic() + 60
+        while tiny.counter() < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tiny.server.close(3)
+
+    threading.Thread(target=stop_the_vm_once_it_runs, daemon=True).start()
     out = run_gdb(tiny.socket_path, ["continue"]).stdout
     assert "exited with code 03" in out, out

@@ -78,17 +78,19 @@ class TinyTarget:
         self.vm.close()
 
 
-def run_gdb(socket_path: Path, commands: list[str], *, timeout: float = 60, interrupt_after: float | None = None,
+def run_gdb(socket_path: Path, commands: list[str], *, timeout: float = 120, interrupt_when=None,
             extra: list[str] = ()) -> subprocess.CompletedProcess:
-    """Debian's gdb in batch mode: connect, run ``commands``; SIGINT it after ``interrupt_after`` s (Ctrl-C)."""
+    """Debian's gdb in batch mode: connect, run ``commands``; SIGINT it (Ctrl-C) once ``interrupt_when()`` is true."""
     argv = [GDB, "-nx", "-batch", "-ex", "set pagination off", "-ex", "set confirm off",
             *extra, "-ex", f"target remote {socket_path}"]
     for command in commands:
         argv += ["-ex", command]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    if interrupt_after is not None:
-        time.sleep(interrupt_after)
+    if interrupt_when is not None:
+        deadline = time.monotonic() + timeout
+        while not interrupt_when() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGINT)
     try:
         out, _ = proc.communicate(timeout=timeout)

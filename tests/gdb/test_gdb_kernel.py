@@ -1,0 +1,96 @@
+"""Acceptance: Debian's gdb on the debug guest kernel while it plays audio through virtio-snd.
+
+``pyvmm run --debug-kernel --gdb unix:S --gdb-wait -- aplay ...`` and ``pyvmm gdb`` in batch
+mode: read the registers at the entry point, continue, interrupt (Ctrl-C once user space
+runs), a hardware breakpoint on ``snd_pcm_period_elapsed`` (address from the debug vmlinux)
+hit while the guest plays, a backtrace through ``virtsnd_pcm_msg_complete``, delete,
+continue, and the guest finishes with status 0. The device clock runs on while gdb holds
+the guest, so the stream underruns and the device says so.
+
+Slow tier (marker ``debug_kernel``): the debug kernel is built on first use (15-25 minutes
+here, cached after) and boots in the emulator on kvm_pvm.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pyvmm.arch.x86_64.elf import find_pvh_entry, parse_program_headers
+from tinyguest import kvm_test
+from tinytarget import requires_gdb
+from vmm_cli import pyvmm_argv
+
+pytestmark = [*kvm_test, pytest.mark.guest, pytest.mark.debug_kernel, requires_gdb]
+
+BOOT_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def debug_image():
+    from pyvmm.guestimage import build_default_guest
+
+    return build_default_guest(debug=True, progress=lambda msg: print(f"pyvmm: {msg}", flush=True))
+
+
+def _symbol(vmlinux, name: str) -> int:
+    out = subprocess.run(["nm", str(vmlinux)], capture_output=True, text=True, check=True).stdout
+    match = re.search(rf"^([0-9a-f]+) [Tt] {re.escape(name)}$", out, re.M)
+    assert match, f"{name} not in {vmlinux}"
+    return int(match.group(1), 16)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_path):
+    data = debug_image.vmlinux.read_bytes()
+    entry = find_pvh_entry(data, parse_program_headers(data)[1])
+    period_elapsed = _symbol(debug_image.vmlinux, "snd_pcm_period_elapsed")
+    sock, serial = tmp_path / "gdb.sock", tmp_path / "serial.log"
+    vm = subprocess.Popen(
+        pyvmm_argv("run", "--debug-kernel", "-v", "--device", f"virtio-snd,backend.path={tmp_path / 'out.wav'}",
+                   "--gdb", f"unix:{sock}", "--gdb-wait", "--serial-log", str(serial), "--timeout", "1500",
+                   "--", "sh", "-c", "sleep 2; aplay -q -f S16_LE -c2 -r48000 -d 4 /dev/zero"),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    gdb = None
+    try:
+        _wait_for(sock.exists, 120, "the gdb socket")
+        commands = ["info registers rip", "continue", "info registers rip",
+                    f"hbreak *{period_elapsed:#x}", "continue", "bt", "delete", "continue"]
+        gdb_args = [arg for command in commands for arg in ("-ex", command)]
+        gdb = subprocess.Popen(pyvmm_argv("gdb", "--connect", f"unix:{sock}", "--", "-batch", *gdb_args),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+        _wait_for(lambda: serial.exists() and "pyvmm-init: start" in serial.read_text(errors="replace"),
+                  BOOT_TIMEOUT, "guest user space (pyvmm-init: start)")
+        os.kill(gdb.pid, signal.SIGINT)  # Ctrl-C: gdb sends 0x03, the stub stops every vCPU
+        out, _ = gdb.communicate(timeout=BOOT_TIMEOUT)
+        status = vm.wait(timeout=120)
+    finally:
+        for proc in (gdb, vm):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    vm_err = vm.stderr.read()
+    assert status == 0, f"VMM exit {status}\n{vm_err[-3000:]}\ngdb:\n{out}"
+    rips = [int(v, 16) for v in re.findall(r"^rip\s+0x([0-9a-f]+)", out, re.M)]
+    assert rips[0] == entry, out                      # held before the first instruction
+    assert "Program received signal SIGINT" in out, out
+    assert rips[1] >= 0xFFFF_FFFF_8000_0000, out      # interrupted in the kernel
+    assert re.search(r"Breakpoint 1, (0x[0-9a-f]+ in )?snd_pcm_period_elapsed", out), out
+    backtrace = out[out.index("Breakpoint 1,"):]
+    assert re.search(r"#\d+ .*virtsnd_pcm_msg_complete", backtrace), out
+    assert "exited normally" in out, out              # W00: the guest's command succeeded
+    # The device clock ran on while gdb held the guest: the stream underran and said so.
+    assert re.search(r"stream 0: underrun: \d+ periods", vm_err), vm_err[-3000:]
