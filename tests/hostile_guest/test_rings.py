@@ -230,7 +230,7 @@ class HostileRingMachine(RuleBasedStateMachine):
         queue = QueueIndex.TX if stream == 0 else QueueIndex.RX
         dq = self._queue(queue)
         for _ in range(count):
-            if len(dq.free) < 2:
+            if len(dq.free) < 3:
                 break
             if stream == 0:
                 dq.add([struct.pack("<I", stream), bytes(period)], [8])
