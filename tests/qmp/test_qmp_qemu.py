@@ -150,6 +150,20 @@ def test_stop_and_cont_pause_the_sound_clock(guest):
     assert aplay.elapsed >= 3 + 1.5 - 0.2, aplay.elapsed  # the pause added to the playing time
 
 
+def test_io_errors_and_needs_reset_during_aplay_leave_the_back_end_healthy(guest):
+    qmp = guest.qmp
+    before = stream0(qmp)["injected-errors"]
+    aplay = Aplay(guest, 2)
+    aplay.wait_running(qmp)
+    qmp.cmd("x-pyvmm-snd-inject", type="fail", stream=0, count=2, status="io-err")
+    qmp.cmd("x-pyvmm-snd-inject", type="needs-reset")
+    assert "aplay=0" in aplay.join()  # Linux 6.12 ignores both the status and NEEDS_RESET
+    assert stream0(qmp)["injected-errors"] == before + 2
+    assert qmp.cmd("query-status")["running"]
+    out = guest.session.run(f"{APLAY} -q -d 1 /dev/zero; echo aplay=$?", timeout=TIMEOUT).output
+    assert "aplay=0" in out, out
+
+
 def test_quit_sends_shutdown_and_ends_the_back_end(guest):
     qmp = guest.qmp
     assert qmp.cmd("quit") == {}

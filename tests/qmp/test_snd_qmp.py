@@ -137,12 +137,54 @@ def test_inject_jack_xrun_ctl_fail_and_their_events(driver):
     ({"type": "jack", "jack": 0, "connected": True, "x": 1}, "unexpected argument 'x'"),
     ({"type": "xrun", "stream": 7}, "stream 7 does not exist"),
     ({"type": "ctl", "control": 0, "values": []}, "non-empty list"),
-    ({"type": "fail", "stream": 0, "count": -1}, "'count' must be >= 0"),
-    ({"type": "fail", "stream": 0, "count": 1, "status": "io_err"}, "'status' one of io-err, bad-msg"),
+    ({"type": "fail", "stream": 0, "count": -1}, "count must be 0..100000"),
+    ({"type": "fail", "stream": 0, "count": 1, "status": "io_err"}, "'status' must be one of io-err, bad-msg"),
+    ({"type": "late", "stream": 0, "count": 1, "ms": "5"}, "'ms' must be a number"),
+    ({"type": "late", "stream": 0, "count": 1, "ms": 0}, "delay must be more than 0"),
+    ({"type": "stall", "stream": 0, "ms": 10**9}, "at most 60000 ms"),
+    ({"type": "burst", "stream": 0}, "'count' is missing"),
+    ({"type": "drop-event", "count": -1}, "'count' must be an integer 0..100000"),
+    ({"type": "needs-reset", "stream": 0}, "'count' is missing"),
 ])
 def test_inject_rejects_bad_arguments(driver, arguments, message):
     with pytest.raises(ValueError, match=message):
         qmp.commands(driver.device)["x-pyvmm-snd-inject"](arguments)
+
+
+def completions(d, seconds: float) -> int:
+    d.advance(seconds)
+    return len(d.collect(QueueIndex.TX))
+
+
+def test_inject_timing_faults_late_stall_burst(driver):
+    d = driver
+    inject = qmp.commands(d.device)["x-pyvmm-snd-inject"]
+    playing(d, 4, xruns=False)
+    assert d.pcm(RequestCode.PCM_START, 0) == Status.OK
+    assert inject({"type": "late", "stream": 0, "count": 1, "ms": 5}) == {"sent": True}
+    assert streams(d)[0]["faults"]["late"] == 1
+    assert completions(d, PERIOD_S * 1.01) == 0  # the first period's message is 5 ms late
+    assert completions(d, 0.006) == 1
+    assert inject({"type": "burst", "stream": 0, "count": 2}) == {"sent": True}
+    assert completions(d, PERIOD_S) == 0  # held back...
+    assert completions(d, PERIOD_S) == 2  # ...and given back together
+    d.add_tx(0, bytes(PERIOD))
+    d.kick(QueueIndex.TX)
+    assert inject({"type": "stall", "stream": 0, "ms": 100}) == {"sent": True}
+    assert completions(d, 0.09) == 0
+    assert completions(d, 0.02) == 2
+
+
+def test_inject_needs_reset_and_drop_event(driver):
+    d = driver
+    inject = qmp.commands(d.device)["x-pyvmm-snd-inject"]
+    assert inject({"type": "needs-reset"}) == {"sent": True}
+    assert d.resets == ["injected from QMP"]
+    assert inject({"type": "drop-event"}) == {"sent": True}
+    inject({"type": "jack", "jack": 0, "connected": False})
+    assert d.events() == []  # lost on purpose
+    inject({"type": "jack", "jack": 0, "connected": True})
+    assert [e.code for e in d.events()] == [EventCode.JACK_CONNECTED]
 
 
 def test_query_streams_before_and_after_parameters(driver):

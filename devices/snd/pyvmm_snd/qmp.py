@@ -5,7 +5,10 @@
   event buffers the driver posted and the events waiting for one.
 * ``x-pyvmm-snd-inject {"type": ...}``: the monitor's fault injections as one command:
   ``jack`` (``jack``, ``connected``), ``xrun`` (``stream``), ``ctl`` (``control``,
-  ``values``), ``fail`` (``stream``, ``count``, ``status``: ``io-err`` | ``bad-msg``).
+  ``values``), ``fail`` (``stream``, ``count``, ``status``: ``io-err`` | ``bad-msg``), and the
+  timing faults of :mod:`pyvmm_snd.faults`: ``late`` (``stream``, ``count``, ``ms``), ``stall``
+  (``stream``, ``ms``), ``burst`` (``stream``, ``count``), ``needs-reset`` (now, or with
+  ``stream`` and ``count`` after that many messages), ``drop-event`` (``count``, default 1).
 
 Both run on the device event loop (:meth:`pyvmm.virtio.device.VirtioDevice.qmp_commands`);
 a bad argument raises ValueError, which QMP reports as a ``GenericError``. What happens is
@@ -16,12 +19,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from pyvmm_snd.faults import MAX_COUNT
 from pyvmm_snd.spec import Status
 
 if TYPE_CHECKING:
     from pyvmm_snd.device import SoundDevice
 
 FAIL_STATUSES = {"io-err": Status.IO_ERR, "bad-msg": Status.BAD_MSG}
+INJECT_TYPES = ("jack", "xrun", "ctl", "fail", "late", "stall", "burst", "needs-reset", "drop-event")
 
 
 def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
@@ -60,15 +65,43 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             return {"sent": device.control_plane.ctls_negotiated}
         if kind == "fail":
             _only(arguments, {"type", "stream", "count", "status"})
-            stream_id, count = _stream_id(device, arguments), _arg(arguments, "count", int)
+            faults, count = _faults(device, arguments), _arg(arguments, "count", int)
             status = arguments.get("status", "io-err")
-            if count < 0 or status not in FAIL_STATUSES:
-                raise ValueError(f"'count' must be >= 0 and 'status' one of {', '.join(FAIL_STATUSES)}")
-            if device.dataplane is None:
-                raise ValueError("the driver has not activated the device")
-            device.dataplane.io[stream_id].fail_next(count, FAIL_STATUSES[status])
+            if status not in FAIL_STATUSES:
+                raise ValueError(f"'status' must be one of {', '.join(FAIL_STATUSES)}")
+            faults.fail(count, FAIL_STATUSES[status])
             return {"sent": True}
-        raise ValueError(f"'type' must be jack, xrun, ctl or fail, not {kind!r}")
+        if kind == "late":
+            _only(arguments, {"type", "stream", "count", "ms"})
+            _faults(device, arguments).late(_arg(arguments, "count", int), _number(arguments, "ms"))
+            return {"sent": True}
+        if kind == "stall":
+            _only(arguments, {"type", "stream", "ms"})
+            _faults(device, arguments).stall(_number(arguments, "ms"))
+            return {"sent": True}
+        if kind == "burst":
+            _only(arguments, {"type", "stream", "count"})
+            _faults(device, arguments).burst(_arg(arguments, "count", int))
+            return {"sent": True}
+        if kind == "needs-reset":
+            _only(arguments, {"type", "stream", "count"})
+            if "stream" in arguments:
+                _faults(device, arguments).needs_reset_after(_arg(arguments, "count", int))
+                return {"sent": False}
+            if device.ctx is None:
+                raise ValueError("the driver has not activated the device")
+            device.event_sink.trace("fault", "inject", what="needs_reset")
+            device.ctx.request_reset("injected from QMP")
+            return {"sent": True}
+        if kind == "drop-event":
+            _only(arguments, {"type", "count"})
+            count = arguments.get("count", 1)
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
+                raise ValueError(f"'count' must be an integer 0..{MAX_COUNT}")
+            device.events.drop_next = count
+            device.event_sink.trace("fault", "inject", what="drop_event", count=count)
+            return {"sent": True}
+        raise ValueError(f"'type' must be one of {', '.join(INJECT_TYPES)}, not {kind!r}")
 
     return {"x-pyvmm-snd-query-streams": query_streams, "x-pyvmm-snd-inject": inject}
 
@@ -97,7 +130,7 @@ def _stream_info(device: SoundDevice, stream) -> dict[str, Any]:
     info.update({
         "periods": stats.periods, "bytes": stats.bytes, "xruns": stats.xruns, "xrun-periods": stats.xrun_periods,
         "xrun-events": stats.xrun_events, "injected-errors": stats.injected_errors,
-        "failures-pending": io.failures_pending,
+        "failures-pending": io.failures_pending, "faults": io.faults.pending,
     })
     clock = io.clock
     info["clock"] = None if clock is None else {
@@ -112,7 +145,8 @@ def _arg(arguments: dict[str, Any], name: str, kind: type) -> Any:
         raise ValueError(f"'{name}' is missing")
     value = arguments[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"'{name}' must be {'an integer' if kind is int else kind.__name__}")
+        what = "an integer" if kind is int else "a number" if kind == (int, float) else kind.__name__
+        raise ValueError(f"'{name}' must be {what}")
     return value
 
 
@@ -120,6 +154,20 @@ def _only(arguments: dict[str, Any], allowed: set[str]) -> None:
     extra = sorted(set(arguments) - allowed)
     if extra:
         raise ValueError(f"unexpected argument {extra[0]!r}")
+
+
+def _number(arguments: dict[str, Any], name: str) -> float:
+    value = _arg(arguments, name, (int, float))
+    if isinstance(value, bool):
+        raise ValueError(f"'{name}' must be a number")
+    return float(value)
+
+
+def _faults(device: SoundDevice, arguments: dict[str, Any]):
+    stream_id = _stream_id(device, arguments)
+    if device.dataplane is None:
+        raise ValueError("the driver has not activated the device")
+    return device.dataplane.io[stream_id].faults
 
 
 def _stream_id(device: SoundDevice, arguments: dict[str, Any]) -> int:
