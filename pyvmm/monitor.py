@@ -100,6 +100,9 @@ class Monitor:
 
     def execute(self, line: str) -> tuple[bool, str]:
         """Run one command line: (succeeded, reply text without the terminator)."""
+        # Also for callers other than the socket (QMP's human-monitor-command).
+        if len(line) > MAX_LINE or (not line.isascii() and len(line.encode("utf-8", "replace")) > MAX_LINE):
+            return False, f"line longer than {MAX_LINE} bytes (ignored)"
         try:
             words = shlex.split(line)
         except ValueError as exc:

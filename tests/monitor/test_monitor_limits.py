@@ -77,6 +77,12 @@ def test_overlong_line_is_refused_and_the_connection_stays_usable(served):
         assert read_reply(sock) == ["still here", "OK"]
 
 
+def test_overlong_line_is_refused_whoever_passes_it(monitor):
+    """QMP's human-monitor-command calls ``execute`` directly."""
+    ok, text = monitor.execute("snd0 echo " + "z" * MAX_LINE)
+    assert (ok, text) == (False, f"line longer than {MAX_LINE} bytes (ignored)")
+
+
 def test_line_at_the_limit_is_accepted(served):
     word = "y" * (MAX_LINE - len("snd0 echo "))
     with MonitorClient(served, timeout=10) as client:
