@@ -72,6 +72,8 @@ class QmpServer:
         self.loop = asyncio.new_event_loop()
         self._clients: set[_Client] = set()
         self._count = 0
+        self._handling = 0
+        """Commands received and not answered yet (``quit``'s reply must go out before closing)."""
         self._server: asyncio.AbstractServer | None = None
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyvmm-qmp-cmd")
         self._thread = threading.Thread(target=self._run, name="pyvmm-qmp", daemon=True)
@@ -132,6 +134,9 @@ class QmpServer:
     async def _close_all(self, timeout: float) -> None:
         if self._server is not None:
             self._server.close()
+        deadline = self.loop.time() + timeout / 2
+        while self._handling and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)  # e.g. the reply to the 'quit' that got us here
         for client in list(self._clients):
             client.outbox.put_nowait(None)
         tasks = [c.writer_task for c in self._clients if c.writer_task is not None]
@@ -182,7 +187,11 @@ class QmpServer:
                     client.send(protocol.failure(GENERIC_ERROR, f"JSON parse error, {exc}; closing"))
                     break
                 for raw in messages:
-                    await self._handle(client, raw)
+                    self._handling += 1
+                    try:
+                        await self._handle(client, raw)
+                    finally:
+                        self._handling -= 1
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:

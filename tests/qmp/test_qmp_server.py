@@ -447,3 +447,27 @@ def test_a_command_offered_by_two_devices_needs_device(tmp_path, memory):
             server.close()
     finally:
         loop.stop()
+
+
+def test_the_reply_to_quit_goes_out_even_when_the_server_closes_at_once(tmp_path):
+    """The VMM closes the server as soon as quit stops it: the reply must not be lost."""
+    loop = DeviceEventLoop("test-devices").start()
+    bus = EventBus()
+    server = None
+
+    def quit_now():
+        threading.Thread(target=lambda: (machine.shut_down(), server.close())).start()
+
+    try:
+        monitor = Monitor([], loop.call, None, quit=lambda: None)
+        machine = BackendMachine(_AllDevices([]), loop.call, bus, quit_now)
+        server = QmpServer(CommandTable(machine, monitor), bus, str(tmp_path / "q.sock")).start()
+        sock, f, _ = raw_client(str(tmp_path / "q.sock"), negotiate=True)
+        f.write(b'{"execute": "quit", "id": 9}\n')
+        f.flush()
+        lines = [json.loads(line) for line in f.readlines()]  # until the server closes
+        assert {"return": {}, "id": 9} in lines
+        assert any(m.get("event") == "SHUTDOWN" for m in lines)
+        sock.close()
+    finally:
+        loop.stop()
