@@ -89,7 +89,7 @@ class CommandTable:
                 self._device_commands.setdefault(name, []).append((dev, fn))
         for name, providers in self._device_commands.items():
             if name in self.commands:
-                log.warning("QMP: device command %s hides nothing: a core command has that name", name)
+                log.warning("QMP: device command %s ignored: a core command has that name", name)
                 continue
             doc = (getattr(providers[0][1], "__doc__", None) or name).strip().splitlines()[0]
             self.commands[name] = Command(name, lambda args, name=name: self._device_call(name, args), doc,

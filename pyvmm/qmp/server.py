@@ -45,13 +45,14 @@ class _Client:
         self.number = number
         self.writer = writer
         self.negotiated = False
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[bool, bytes] | None] = asyncio.Queue()
+        """(is_event, wire bytes) in send order; None ends the writer."""
         self.queued_events = 0
         self.dropped_events = 0
         self.writer_task: asyncio.Task | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        self.outbox.put_nowait(protocol.encode(message))
+        self.outbox.put_nowait((False, protocol.encode(message)))
 
     def send_event(self, event: Event) -> None:
         if self.queued_events >= MAX_QUEUED_EVENTS:
@@ -60,7 +61,7 @@ class _Client:
                 log.warning("QMP client %d is not reading: dropping events", self.number)
             return
         self.queued_events += 1
-        self.outbox.put_nowait(b"E" + protocol.encode(protocol.event_message(event)))
+        self.outbox.put_nowait((True, protocol.encode(protocol.event_message(event))))
 
 
 class QmpServer:
@@ -208,12 +209,12 @@ class QmpServer:
     async def _write_loop(self, client: _Client) -> None:
         writer = client.writer
         while True:
-            data = await client.outbox.get()
-            if data is None:
+            item = await client.outbox.get()
+            if item is None:
                 return
-            if data[:1] == b"E":
+            is_event, data = item
+            if is_event:
                 client.queued_events -= 1
-                data = data[1:]
             try:
                 writer.write(data)
                 await writer.drain()
