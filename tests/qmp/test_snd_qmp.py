@@ -187,6 +187,14 @@ def test_inject_needs_reset_and_drop_event(driver):
     assert [e.code for e in d.events()] == [EventCode.JACK_CONNECTED]
 
 
+def test_query_streams_before_the_driver_activated_the_device():
+    with SndDriver() as d:
+        result = qmp.commands(d.device)["x-pyvmm-snd-query-streams"]({})
+        assert not result["driver-active"] and result["event-buffers"] == 0
+        assert result["streams"][0] == {"stream": 0, "direction": "output", "state": "set-params", "params": None,
+                                        "held": 0, "held-heads": []}
+
+
 def test_query_streams_before_and_after_parameters(driver):
     d = driver
     result = qmp.commands(d.device)["x-pyvmm-snd-query-streams"]({})

@@ -119,8 +119,7 @@ def _stream_info(device: SoundDevice, stream) -> dict[str, Any]:
         },
     }
     io = device.dataplane.io[stream.id] if device.dataplane is not None else None
-    held = getattr(io, "held", None) if io is not None else None
-    held = list(held if held is not None else stream.pending)
+    held = list(io.held) if io is not None else []
     info["held"] = len(held)
     info["held-heads"] = [msg.chain.head for msg in held]
     # descriptor heads of the held messages: x-query-virtio-queue-element decodes each
