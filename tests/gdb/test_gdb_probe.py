@@ -12,10 +12,12 @@ this test does not insist on it: the stub's fallback covers both cases.
 
 from __future__ import annotations
 
+import pytest
+
 from pyvmm.gdbstub.probe import probe_debug_support
 from tinyguest import ON_KVM_PVM, kvm_test
 
-pytestmark = kvm_test
+pytestmark = [*kvm_test, pytest.mark.realkvm]
 
 
 def test_probe_finds_what_works():

@@ -19,7 +19,7 @@ import pytest
 from tinyguest import DATA, ON_KVM_PVM, kvm_test
 from tinytarget import HIGH, JMP, LOOP, MARKER, NOP, STORE, TinyTarget, requires_gdb, run_gdb
 
-pytestmark = [*kvm_test, requires_gdb]
+pytestmark = [*kvm_test, requires_gdb, pytest.mark.realkvm]  # the real-KVM tier runs these too
 
 
 @pytest.fixture
