@@ -79,7 +79,13 @@ class VirtioDevice(ABC):
 
     @abstractmethod
     def queue_notify(self, queue_index: int) -> None:
-        """The driver made buffers available on queue ``queue_index``."""
+        """The driver made buffers available on queue ``queue_index``.
+
+        Pop until :meth:`SplitQueue.pop` returns None. It may return None with chains still
+        available (at most the queue size per notification, so one busy queue cannot hold the
+        loop); the front end then calls ``queue_notify`` again on a later loop turn. Every
+        popped chain must eventually be completed (``ctx.complete``) or dropped by
+        :meth:`reset`: the queue refuses to have more than its size in flight."""
 
     @abstractmethod
     def reset(self) -> None:

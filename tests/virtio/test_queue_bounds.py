@@ -322,3 +322,28 @@ def test_a_chain_completed_on_the_wrong_queue_is_dropped(memory, allocator):
     a.add_used(chain_a, 0)
     assert a.in_flight == b.in_flight == 0
     assert [e.id for e in dq_a.collect()] == [chain_a.head]
+
+
+def test_echo_device_copies_a_bounded_amount(memory, allocator):
+    """The example device bounds the guest's length too: 16 descriptors over the same 16 MiB."""
+    from pyvmm.virtio.device import DeviceContext
+    from pyvmm.virtio.testing.devices import ECHO_MAX_BYTES
+
+    dq = DriverQueue(memory, allocator, 32)
+    q = dq.device_queue()
+    big = 16 << 20
+    src = allocator.alloc(big, 4096)
+    dst = allocator.alloc(big, 4096)
+    dq.reserve(*range(32))
+    for i in range(16):
+        dq.write_desc(i, src, big, C.VIRTQ_DESC_F_NEXT, i + 1)
+    for i in range(16, 32):
+        flags = C.VIRTQ_DESC_F_WRITE | (C.VIRTQ_DESC_F_NEXT if i < 31 else 0)
+        dq.write_desc(i, dst, big, flags, i + 1)
+    dq.publish(0)
+    dev = EchoDevice(queues=1, queue_size=32)
+    used = []
+    dev.activate(DeviceContext(memory, [q], 0, None, lambda i: used.append(i), lambda: None, lambda r: None))
+    dev.queue_notify(0)
+    assert q.in_flight == 0 and used == [0]
+    assert memory.read_u32(dq.used_ring + 8) == ECHO_MAX_BYTES  # used length of the one entry

@@ -15,6 +15,8 @@ ECHO_FEATURE_UPPERCASE = 0
 ECHO_CONFIG = struct.Struct("<II")
 """Config space: le32 magic 0xec40ec40, le32 number of requests answered."""
 ECHO_CONFIG_MAGIC = 0xEC40EC40
+ECHO_MAX_BYTES = 64 << 10
+"""The most an echo answer copies (a chain may describe up to 4 GiB, many times the same RAM)."""
 
 
 class EchoDevice(VirtioDevice):
@@ -51,11 +53,12 @@ class EchoDevice(VirtioDevice):
         upper = ctx.features & (1 << ECHO_FEATURE_UPPERCASE)
         done = 0
         while (chain := queue.pop()) is not None:
-            data = chain.reader().read()
+            writer = chain.writer()
+            # a guest length is bounded before it reaches an allocator: copy what fits
+            data = chain.reader().read(min(chain.readable_len, writer.remaining, ECHO_MAX_BYTES))
             if upper:
                 data = data.upper()
-            writer = chain.writer()
-            writer.write(data[:writer.remaining])
+            writer.write(data)
             queue.add_used(chain, writer.written)
             self.answered += 1
             done += 1
