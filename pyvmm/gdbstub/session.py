@@ -21,7 +21,7 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.kvm.ioctls import KvmError
 
 from . import packets as rsp
-from .registers import REGISTERS, target_xml
+from .registers import REGISTERS, RIP, target_xml
 from .target import SIGTRAP, BreakpointError, DebugTarget, StopEvent
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ class GdbSession:
 
     def run(self) -> None:
         """Serve until the client goes away, detaches or kills the VM, or the VM stops."""
-        peer = "gdb"
         log.info("gdb: debugger connected")
         if self.target.running:
             self.target.halt(SIGTRAP)
@@ -82,7 +81,7 @@ class GdbSession:
                 if self.sock in readable:
                     data = self.sock.recv(65536)
                     if not data:
-                        log.info("%s: connection closed", peer)
+                        log.info("gdb: connection closed")
                         break
                     for event in self.reader.feed(data):
                         self._handle_event(event)
@@ -307,7 +306,7 @@ class GdbSession:
             _, _, args = args.partition(b";")
         if args:
             regs = self.target.registers(self.c_thread)
-            regs.set_value(REGISTERS.index(next(r for r in REGISTERS if r.name == "rip")), rsp.parse_hex(args))
+            regs.set_value(RIP, rsp.parse_hex(args))
             regs.store()
         if action == "s":
             return self._resume({self.c_thread: "s"})
@@ -397,7 +396,7 @@ def _xfer_args(payload: bytes, prefix: bytes) -> tuple[bytes, int, int]:
 
 
 def _xfer_reply(document: bytes, offset: int, length: int) -> bytes:
-    length = min(length, rsp.PACKET_SIZE - 16)
+    length = min(length, (rsp.PACKET_SIZE - 16) // 2)  # escaping may double it
     chunk = document[offset:offset + length]
     more = offset + len(chunk) < len(document)
     return (b"m" if more else b"l") + rsp.escape(chunk)
