@@ -218,3 +218,22 @@ def test_gdb_waiting_for_the_guest_learns_its_exit_status(tiny):
     threading.Thread(target=stop_the_vm_once_it_runs, daemon=True).start()
     out = run_gdb(tiny.socket_path, ["continue"]).stdout
     assert "exited with code 03" in out, out
+
+
+def test_int3_breakpoints_are_planted_hidden_from_reads_and_removed(tiny):
+    """The int3 path itself (where KVM intercepts int3): planted in guest memory, invisible to gdb's reads.
+
+    Neither KVM here intercepts int3 (see test_gdb_probe), so the guest is not run over it.
+    """
+    import dataclasses
+
+    tiny.target.support = dataclasses.replace(tiny.support, sw_breakpoints=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(tiny.socket_path))
+        assert _exchange(sock, b"Z0,%x,1" % LOOP) == b"OK"
+        assert tiny.vm.memory.read_u8(LOOP) == 0xCC
+        assert _exchange(sock, b"m%x,2" % LOOP) == b"48ff"  # gdb sees the original bytes
+        assert _exchange(sock, b"z0,%x,1" % LOOP) == b"OK"
+        assert tiny.vm.memory.read_u8(LOOP) == 0x48
+        assert _exchange(sock, b"Z0,7000000000,1").startswith(b"E")  # unmapped: refused, nothing written
+        assert _exchange(sock, b"D") == b"OK"
