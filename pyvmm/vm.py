@@ -99,6 +99,17 @@ class VmStats:
     exit_counts: dict[str, int] = field(default_factory=dict)
 
 
+def acpi_platform(ncpus: int, windows: list[acpi.MmioWindow]) -> acpi.Platform:
+    """What the ACPI tables describe: the vCPUs, COM1, the virtio-mmio windows, the i8042 reset."""
+    com1_irq = layout.LEGACY_IRQS["com1"]
+    return acpi.Platform(
+        ncpus=ncpus,
+        serial_ports=(acpi.SerialPort(serial.COM1_BASE, serial.REGISTER_COUNT, com1_irq),),
+        virtio_mmio=tuple(windows),
+        reset_port=i8042.COMMAND_PORT, reset_value=i8042.CMD_PULSE_RESET,
+        isa_irqs=tuple(irq for irq in (com1_irq, *(w.gsi for w in windows)) if irq < 16))
+
+
 class Vm:
     """One guest: its memory, interrupt controllers, devices and vCPUs."""
 
@@ -183,14 +194,7 @@ class Vm:
     def _acpi_tables(self) -> acpi.AcpiTables | None:
         if self.acpi_mode == "off":
             return None
-        com1_irq = layout.LEGACY_IRQS["com1"]
-        platform = acpi.Platform(
-            ncpus=self.config.vcpus,
-            serial_ports=(acpi.SerialPort(serial.COM1_BASE, serial.REGISTER_COUNT, com1_irq),),
-            virtio_mmio=tuple(self._mmio_windows),
-            reset_port=i8042.COMMAND_PORT, reset_value=i8042.CMD_PULSE_RESET,
-            isa_irqs=tuple(irq for irq in (com1_irq, *(w.gsi for w in self._mmio_windows)) if irq < 16))
-        return acpi.build_tables(platform)
+        return acpi.build_tables(acpi_platform(self.config.vcpus, self._mmio_windows))
 
     def _add_virtio_devices(self, cmdline: str) -> str:
         fragments = []

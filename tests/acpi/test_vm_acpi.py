@@ -77,3 +77,16 @@ def test_devices_are_on_the_command_line_only_without_acpi(kernel_file, tmp_path
             assert (vm.memory.read(layout.ACPI_START, 8) == b"RSD PTR ") == tables, acpi
         finally:
             vm.shutdown()
+
+
+def test_tables_in_memory_are_the_machine_description(kernel_file):
+    """What the VM writes is ``acpi_platform()``'s tables (the real-KVM tier compares the guest's copy)."""
+    from pyvmm.arch.x86_64 import acpi
+    from pyvmm.vm import acpi_platform
+
+    vm = make_vm(kernel_file, "on")
+    try:
+        expected = acpi.build_tables(acpi_platform(1, []))
+        assert vm.memory.read(layout.ACPI_START, len(expected.blob)) == expected.blob
+    finally:
+        vm.shutdown()
