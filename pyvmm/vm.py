@@ -165,7 +165,7 @@ class Vm:
         self.acpi_mode = self._acpi_mode()
         if self.acpi_mode != "off":
             registers = acpi_sleep.AcpiSleepRegisters(
-                on_poweroff=lambda: self.request_stop(0, "guest powered off (ACPI S5)", cause="guest-shutdown"))
+                on_poweroff=lambda: self._guest_reset("guest powered off (ACPI S5)", cause="guest-shutdown"))
             self.pio_bus.insert(registers, layout.ACPI_SLEEP_CONTROL_PORT, acpi_sleep.REGISTER_COUNT)
         cmdline = self._add_virtio_devices(config.cmdline)
         self.vcpus = self._create_vcpus(cmdline)
@@ -359,16 +359,17 @@ class Vm:
         """True while every vCPU is parked or has a pause pending (e.g. before the first run)."""
         return bool(self.vcpus) and all(vcpu.pause_requested for vcpu in self.vcpus)
 
-    def _guest_reset(self, message: str, crashed: bool = False) -> None:
-        """A reset or triple fault. pyvmm does not reboot guests (like QEMU's ``-no-reboot``): the VM
-        stops with 0, unless a command's exit status was still owed (``expect_exit_status``)."""
+    def _guest_reset(self, message: str, crashed: bool = False, cause: str = "guest-reset") -> None:
+        """A reset, triple fault or ACPI power-off. pyvmm does not reboot guests (like QEMU's
+        ``-no-reboot``): the VM stops with 0, unless a command's exit status was still owed
+        (``expect_exit_status``)."""
         if self.config.expect_exit_status:
             self.request_stop(EXIT_ERROR, f"{message}, before the command's exit status arrived", error=True,
-                              cause="guest-reset")
+                              cause=cause)
             return
         if crashed:
             log.warning("%s; stopping (pyvmm does not reboot guests)", message)
-        self.request_stop(0, message, cause="guest-reset")
+        self.request_stop(0, message, cause=cause)
 
     # -- running --------------------------------------------------------------------
 

@@ -45,9 +45,9 @@ def kernel_file(tmp_path):
     return path
 
 
-def make_vm(kernel, acpi, devices=(), tmp_path=None):
+def make_vm(kernel, acpi, devices=(), expect_exit_status=False):
     config = MachineConfig(kernel=kernel, cmdline="console=ttyS0", mem_size=64 << 20, acpi=acpi,
-                           devices=[DeviceSpec.parse(d) for d in devices])
+                           devices=[DeviceSpec.parse(d) for d in devices], expect_exit_status=expect_exit_status)
     config.validate()
     return Vm(config)
 
@@ -65,6 +65,13 @@ def test_poweroff_through_the_sleep_register(kernel_file, acpi, status):
     assert vm.run(timeout=60) == status
     if status == 0:
         assert "powered off (ACPI S5)" in vm._stop_reason.message
+
+
+def test_poweroff_before_the_commands_status_is_an_error(kernel_file):
+    """Like a reset (``reboot -f``): with ``pyvmm run -- CMD`` the guest owed CMD's status."""
+    vm = make_vm(kernel_file, "on", expect_exit_status=True)
+    assert vm.run(timeout=60) == 1
+    assert vm._stop_reason.message == "guest powered off (ACPI S5), before the command's exit status arrived"
 
 
 def test_devices_are_on_the_command_line_only_without_acpi(kernel_file, tmp_path, monkeypatch):
