@@ -37,6 +37,9 @@ def _verbosity_options(fn):
                            "ctl,io,evt,queue,irq,mmio,fault (default: all but mmio). Repeatable.")(fn)
     fn = click.option("--trace-file", type=click.Path(path_type=Path, dir_okay=False),
                       help="Write the device trace as JSON lines to this file ('pyvmm trace summary|plot' read it).")(fn)
+    fn = click.option("--strict", is_flag=True,
+                      help="Stop with exit status 125 at the first MUST violation of the virtio spec by the guest's "
+                           "driver (every violation is reported either way).")(fn)
     return fn
 
 
@@ -120,7 +123,7 @@ def _gdb_address(ctx, param, value):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, acpi, modules,
         boot_protocol, serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose,
-        trace, trace_devices, trace_file, command):
+        trace, trace_devices, trace_file, strict, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if gdb_wait and gdb_address is None:
@@ -164,6 +167,7 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
         extra_initrd_data=extra_data,
         trace_devices=list(trace_devices),
         trace_file=trace_file,
+        strict=strict,
         acpi=acpi,
         modules=modules,
         expect_exit_status=bool(command),
@@ -279,7 +283,8 @@ def guest_fetch_kernel(spec, force):
 @click.option("--qmp", callback=_qmp_spec, metavar="unix:PATH[,server,wait=off]", help="Serve QMP on this unix socket (stop/cont pause the device's clock).")
 @_verbosity_options
 @click.argument("options", nargs=-1)
-def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, trace_devices, trace_file, options):
+def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, trace_devices, trace_file, strict,
+               options):
     """Serve DEVICE (e.g. snd or virtio-snd) as a vhost-user back end; OPTIONS are key=value device options."""
     pyvmm_log.setup(verbose, trace)
     from pyvmm import plugins
@@ -295,11 +300,12 @@ def vhost_user(device, socket_path, once, monitor_path, qmp, verbose, trace, tra
     device_obj = plugins.create_device(spec)
     tracer = Tracer.from_options(trace_devices, trace_file)
     try:
-        serve(device_obj, socket_path, once=once, monitor_path=monitor_path, device_name=spec.name, qmp=qmp,
-              tracer=tracer)
+        status = serve(device_obj, socket_path, once=once, monitor_path=monitor_path, device_name=spec.name,
+                       qmp=qmp, tracer=tracer, strict=strict)
     finally:
         if tracer is not None:
             tracer.close()
+    sys.exit(status)
 
 
 @main.group("trace")

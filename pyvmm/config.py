@@ -123,6 +123,8 @@ class MachineConfig:
     """``--trace-dev`` values (``snd``, ``snd0:ctl,io``): decoded device traces on stderr."""
     trace_file: Path | None = None
     """``--trace-file``: the same records as JSON lines (:mod:`pyvmm.trace.schema`)."""
+    strict: bool = False
+    """``--strict``: the first MUST violation of the spec by a driver stops the VM (:mod:`pyvmm.conformance`)."""
     acpi: str = "auto"
     """ACPI tables: on, off, or auto (on when the kernel has ACPI, see arch/x86_64/acpi_probe.py)."""
     modules: Path | None = None

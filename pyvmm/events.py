@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from pyvmm.conformance import Checker, Rule
     from pyvmm.trace import Tracer
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,15 @@ Subscriber = Callable[[Event], None]
 class EventBus:
     """Fan-out of :class:`Event` to subscribers (thread-safe; see the module docstring)."""
 
-    def __init__(self, tracer: Tracer | None = None) -> None:
+    def __init__(self, tracer: Tracer | None = None, checker: Checker | None = None) -> None:
+        from pyvmm.conformance import Checker
+
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
         self.tracer = tracer
         """Where decoded trace records go (``--trace-dev``/``--trace-file``); None: not traced."""
+        self.checker = checker or Checker()
+        """The spec-conformance checker devices report driver violations to (always on)."""
 
     def subscribe(self, fn: Subscriber) -> Callable[[], None]:
         """Call ``fn(event)`` for every later event; returns a function that unsubscribes."""
@@ -108,6 +113,19 @@ class EventSink:
         """Record ``kind`` with ``fields`` (JSON-able) if ``category`` is traced for this device."""
         if category in self.traced:
             self._tracer.record(self.device, category, kind, fields)
+
+    def violation(self, rule: Rule, detail: str, **state: Any) -> None:
+        """The driver broke ``rule`` (:mod:`pyvmm.conformance`): ``detail`` says how (the request,
+        decoded), ``state`` what it met (stream state, queue indexes). Counted, the first of each
+        rule logged with the spec sentence, traced as ``spec violation``."""
+        if self.bus is None:
+            return
+        from pyvmm.conformance import Violation
+
+        self.bus.checker.report(Violation(self.device, rule, detail, state))
+        self.trace("spec", "violation", rule=rule.id, level=rule.level, section=rule.section, detail=detail,
+                   **{k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+                      for k, v in state.items()})
 
 
 NO_EVENTS = EventSink(None, "")

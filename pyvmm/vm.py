@@ -35,6 +35,7 @@ from pyvmm.config import MachineConfig, QmpSpec
 from pyvmm.console import stdio_console
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.errors import VmmError
+from pyvmm.conformance import STRICT_EXIT_STATUS, Checker, format_violation
 from pyvmm.events import EventBus
 from pyvmm.trace import Tracer
 from pyvmm.kvm import Kvm
@@ -118,7 +119,9 @@ class Vm:
         self.stats = VmStats()
         self.tracer = Tracer.from_options(config.trace_devices,
                                           str(config.trace_file) if config.trace_file else None)
-        self.events = EventBus(self.tracer)
+        self.events = EventBus(self.tracer, Checker(strict=config.strict))
+        self.events.checker.on_strict = lambda v: self.request_stop(
+            STRICT_EXIT_STATUS, f"--strict: {format_violation(v)}", error=True, cause="guest-panic")
         self.device_names = device_names(spec.name for spec in config.devices)
         """Short names (``snd0``) used by the monitor, QMP and device events."""
         self._stop_reason: StopReason | None = None
@@ -426,6 +429,8 @@ class Vm:
         if self.event_loop is not None:
             self.event_loop.stop()
         guest_log.log_summary()
+        if self.transports:
+            self.events.checker.log_summary(always=self.config.strict)
         for irq in self._irqfds:
             irq.close()
         for vcpu in self.vcpus:

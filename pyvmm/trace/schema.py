@@ -41,6 +41,8 @@ KINDS: dict[tuple[str, str], dict[str, str]] = {
     # a fault injected from the monitor or QMP (``what``: late, stall, burst, status, needs_reset, drop_event ...)
     ("fault", "inject"): {"what": "string"},
     ("fault", "fire"): {"what": "string"},
+    # the driver broke a rule of the spec (level MUST/SHOULD/INVALID/LIFECYCLE; see pyvmm.conformance)
+    ("spec", "violation"): {"rule": "string", "level": "string", "section": "string", "detail": "string"},
 }
 
 SCHEMA: dict[str, Any] = {

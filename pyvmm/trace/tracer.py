@@ -12,10 +12,11 @@ from typing import Any, Callable, TextIO
 
 from pyvmm.errors import VmmError
 
-CATEGORIES = ("ctl", "io", "evt", "queue", "irq", "mmio", "fault")
+CATEGORIES = ("ctl", "io", "evt", "queue", "irq", "mmio", "fault", "spec")
 """ctl: control requests and responses; io: I/O messages (queued, completed); evt: device
 events (jack, xrun, ...); queue: driver notifications and queue faults; irq: interrupts to the
-driver; mmio: transport register accesses (very verbose); fault: injected faults."""
+driver; mmio: transport register accesses (very verbose); fault: injected faults; spec: the
+driver broke a rule of the spec (:mod:`pyvmm.conformance`)."""
 
 DEFAULT_CATEGORIES = frozenset(c for c in CATEGORIES if c != "mmio")
 

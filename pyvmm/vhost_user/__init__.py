@@ -14,6 +14,7 @@ import threading
 
 from pyvmm import guest_log
 from pyvmm.eventloop import DeviceEventLoop
+from pyvmm.conformance import STRICT_EXIT_STATUS, Checker, format_violation
 from pyvmm.events import EventBus
 from pyvmm.vhost_user.backend import VhostUserBackend
 from pyvmm.vhost_user.server import VhostUserServer
@@ -25,17 +26,20 @@ log = logging.getLogger(__name__)
 
 
 def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_path: str | None = None,
-          device_name: str = "device", qmp=None, tracer=None) -> None:
+          device_name: str = "device", qmp=None, tracer=None, strict: bool = False) -> int:
     """Serve ``device`` on ``socket_path`` until SIGTERM/SIGINT (or, with ``once``, until the
     first front end disconnects); then stop the device and ``close()`` it. With ``monitor_path``,
     also serve the monitor (:mod:`pyvmm.monitor`) there; its ``quit`` stops the back end. With
     ``qmp`` (a :class:`pyvmm.config.QmpSpec`), also serve QMP (:mod:`pyvmm.qmp`). With ``tracer``
-    (:class:`pyvmm.trace.Tracer`), the device's trace records go there."""
+    (:class:`pyvmm.trace.Tracer`), the device's trace records go there. With ``strict``, the first
+    MUST violation of the spec by the driver stops the back end. Returns the exit status: 0, or
+    :data:`~pyvmm.conformance.STRICT_EXIT_STATUS` after a ``strict`` stop."""
     events = DeviceEventLoop("vhost-user").start()
     server = VhostUserServer(device, socket_path, events, once=once)
     previous: dict[int, object] = {}
     monitor_server = qmp_server = machine = None
-    bus = EventBus(tracer)
+    bus = EventBus(tracer, Checker(strict=strict))
+    bus.checker.on_strict = lambda violation: server.finished.set()
     from pyvmm.monitor import device_names
 
     device.event_sink = bus.sink(device_names([device_name])[0])
@@ -78,5 +82,10 @@ def serve(device: VirtioDevice, socket_path: str, once: bool = False, monitor_pa
             finally:
                 events.stop()
                 guest_log.log_summary()
+                bus.checker.log_summary(always=strict)
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+    if bus.checker.strict_violation is not None:
+        log.error("--strict: stopped at %s", format_violation(bus.checker.strict_violation))
+        return STRICT_EXIT_STATUS
+    return 0

@@ -17,6 +17,7 @@ from pyvmm.errors import GuestMemoryError
 from pyvmm.log import TRACE
 from pyvmm.vhost_user.memory_map import FrontendMemoryMap
 from pyvmm.vhost_user.vring import Vring
+from pyvmm.virtio.rules import report_queue_fault
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
 from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
 
@@ -70,8 +71,7 @@ class DeviceRunner:
         for queue in queues:
             queue.signal_used = lambda index=queue.index: self._signal_used(generation, index)
             queue.request_reset = context.request_reset
-            if self.device.event_sink.tracing("queue"):
-                queue.on_fault = self._trace_fault
+            queue.on_fault = lambda q, kind, detail: report_queue_fault(self.device.event_sink, q, kind, detail)
         self.context = context
         log.info("starting the device: %d queues, features %#x", len(queues), features)
         try:
@@ -133,10 +133,6 @@ class DeviceRunner:
         queue.next_used = memory.read_u16(addresses.used + 2)  # where the device left the used ring
         queue.enable()
         return queue
-
-    def _trace_fault(self, queue: SplitQueue, kind, detail: str) -> None:
-        self.device.event_sink.trace("queue", "fault", queue=queue.index, fault=kind.name, section=kind.section,
-                                     detail=detail)
 
     def _signal_used(self, generation: int, index: int) -> None:
         context = self.context

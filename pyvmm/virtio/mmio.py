@@ -34,6 +34,8 @@ from typing import Protocol
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.guest_log import guest_error
 from pyvmm.memory import GuestMemory
+from pyvmm.virtio import rules
+from pyvmm.virtio.rules import report_queue_fault
 from pyvmm.virtio import constants as C
 from pyvmm.virtio.constants import MmioReg as R
 from pyvmm.virtio.constants import Status
@@ -358,8 +360,7 @@ class MmioTransport:
         for q in queues:
             q.signal_used = lambda i=q.index: self._signal_used(queues, i)
             q.request_reset = lambda reason: self._request_reset_for(queues, reason)
-            if self.device.event_sink.tracing("queue"):
-                q.on_fault = self._trace_fault
+            q.on_fault = self._on_queue_fault
         ctx = DeviceContext(
             memory=self.memory,
             queues=queues,
@@ -429,6 +430,11 @@ class MmioTransport:
         if self._active is None:
             if self.status & Status.DRIVER:
                 self._kicked_early.add(index)
+                self.device.event_sink.violation(rules.NOTIFY_BEFORE_DRIVER_OK, f"QueueNotify {index}",
+                                                 status=f"{self.status:#x}")
+            return
+        if not self._active[index].ready:
+            self.device.event_sink.violation(rules.NOTIFY_UNREADY_QUEUE, f"QueueNotify {index}", queue=index)
             return
         self.kicks[index] += 1
         sink = self.device.event_sink
@@ -496,9 +502,8 @@ class MmioTransport:
         self._raise(C.MMIO_INT_CONFIG)
 
 
-    def _trace_fault(self, queue: SplitQueue, kind, detail: str) -> None:
-        self.device.event_sink.trace("queue", "fault", queue=queue.index, fault=kind.name,
-                                     section=kind.section, detail=detail)
+    def _on_queue_fault(self, queue: SplitQueue, kind, detail: str) -> None:
+        report_queue_fault(self.device.event_sink, queue, kind, detail)
 
     def _guest_error(self, message: str, *args: object) -> None:
         guest_error(log, "%s: " + message, self.name, *args)

@@ -13,10 +13,10 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 from pyvmm.events import NO_EVENTS, EventSink
-from pyvmm_snd import spec
+from pyvmm_snd import rules, spec
 from pyvmm_snd.controls import ControlStore
 from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg, not_supp
-from pyvmm_snd.spec import JackFeature, QueueIndex, RequestCode, Status
+from pyvmm_snd.spec import JackFeature, PcmFeature, QueueIndex, RequestCode, Status
 from pyvmm_snd.stream import PcmParams, PcmStream
 from pyvmm_snd.topology import Topology
 
@@ -125,6 +125,9 @@ class ControlPlane:
             payload = self._handlers[code](request, capacity - HDR_SIZE)
         except RequestError as exc:
             self._warn("%s -> %s: %s", spec.describe(request), exc.status.name, exc)
+            if exc.rule is not None:
+                self.sink.violation(exc.rule, f"{spec.describe(request)} -> {exc.status.name}: {exc}",
+                                    **self._stream_state(request))
             return exc.status, b""
         except Exception:  # a device bug must not leave the driver waiting for an answer
             log.exception("%s -> IO_ERR: internal error", spec.describe(request))
@@ -150,19 +153,32 @@ class ControlPlane:
     def _query(self, request: bytes, room: int, items: list[ctypes.Structure]) -> bytes:
         q = self._parse(spec.QueryInfo, request)
         if q.start_id + q.count > len(items):
-            raise bad_msg(f"items {q.start_id}..{q.start_id + q.count - 1} requested, {len(items)} exist")
+            raise bad_msg(f"items {q.start_id}..{q.start_id + q.count - 1} requested, {len(items)} exist",
+                          rules.ITEM_RANGE)
         if q.count and q.size < ctypes.sizeof(spec.Info):
             raise bad_msg(f"item size {q.size} is smaller than the common info header")
         if q.size > MAX_QUERY_ITEM_SIZE:
             raise bad_msg(f"item size {q.size} exceeds {MAX_QUERY_ITEM_SIZE} bytes")
         # Other sizes are honoured (spec: "for backward compatibility"): items are cut or
         # zero-padded. Memory is at most (advertised items) x MAX_QUERY_ITEM_SIZE.
-        self._room(q.count * q.size, room)
+        if q.count * q.size > room:
+            raise bad_msg(f"response needs {HDR_SIZE + q.count * q.size} writable bytes, the driver gave "
+                          f"{HDR_SIZE + room}", rules.ITEM_RESPONSE_SIZE)
         out = bytearray()
         for item in items[q.start_id:q.start_id + q.count]:
             raw = bytes(item)[:q.size]
             out += raw + bytes(q.size - len(raw))
         return bytes(out)
+
+    def _stream_state(self, request: bytes) -> dict[str, object]:
+        """The state a PCM request met (for conformance reports): its stream's id and state."""
+        code = spec.request_name(request)
+        if not code.startswith("PCM_") or code == "PCM_INFO" or len(request) < 8:
+            return {}
+        stream_id = int.from_bytes(request[4:8], "little")
+        if not 0 <= stream_id < len(self.streams):
+            return {"stream": stream_id}
+        return {"stream": stream_id, "state": self.streams[stream_id].state.value}
 
     def _stream(self, stream_id: int) -> PcmStream:
         if not 0 <= stream_id < len(self.streams):
@@ -191,6 +207,12 @@ class ControlPlane:
     def _pcm_set_params(self, request: bytes, room: int) -> bytes:
         req = self._parse(spec.PcmSetParams, request)
         stream = self._stream(req.stream_id)
+        if req.padding:  # tolerated, but the driver broke a MUST
+            self.sink.violation(rules.PADDING_ZERO, f"{spec.describe(request)}: padding={req.padding}",
+                                stream=stream.id, state=stream.state.value)
+        shmem = 1 << PcmFeature.SHMEM_HOST | 1 << PcmFeature.SHMEM_GUEST
+        if req.features & shmem == shmem:
+            raise not_supp("both SHMEM_HOST and SHMEM_GUEST requested", rules.SHMEM_BOTH)
         stream.check(RequestCode.PCM_SET_PARAMS)
         params = PcmParams.from_request(stream.config, req)
         stream.apply(RequestCode.PCM_SET_PARAMS, params)
@@ -252,7 +274,8 @@ class ControlPlane:
         value_bytes = len(body) - ctypes.sizeof(spec.CtlTlv)
         if tlv.length % 4 or tlv.length > spec.CTL_TLV_MAX_VALUE_BYTES or tlv.length > value_bytes:
             raise bad_msg(f"TLV length {tlv.length} (must be a multiple of 4, <= {spec.CTL_TLV_MAX_VALUE_BYTES} "
-                          f"and <= the {value_bytes} bytes sent)")
+                          f"and <= the {value_bytes} bytes sent)",
+                          rules.CTL_TLV_SIZE if tlv.length > spec.CTL_TLV_MAX_VALUE_BYTES else None)
         self.controls.tlv_write(hdr.control_id, hdr.code == RequestCode.CTL_TLV_COMMAND,
                                 body[:ctypes.sizeof(spec.CtlTlv) + tlv.length])
         return b""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-from pyvmm_snd import spec
+from pyvmm_snd import rules, spec
 from pyvmm_snd.errors import RequestError, bad_msg, not_supp
 from pyvmm_snd.spec import CtlAccess, CtlEventMask, CtlRole, CtlType
 from pyvmm_snd.topology import VOLUME_MIN_CDB, VOLUME_STEP_CDB, ControlConfig
@@ -24,6 +24,15 @@ def _signed(value: int, bits: int) -> int:
     value &= (1 << bits) - 1
     return value - (1 << bits) if value >> (bits - 1) else value
 
+
+ACCESS_RULES = {
+    CtlAccess.READ: rules.CTL_READ_ACCESS,
+    CtlAccess.WRITE: rules.CTL_WRITE_ACCESS,
+    CtlAccess.TLV_READ: rules.CTL_TLV_READ_ACCESS,
+    CtlAccess.TLV_WRITE: rules.CTL_TLV_WRITE_ACCESS,
+    CtlAccess.TLV_COMMAND: rules.CTL_TLV_COMMAND_ACCESS,
+}
+"""The spec rule a request for a control without that access breaks."""
 
 class ControlStore:
     def __init__(self, configs: Sequence[ControlConfig]):
@@ -78,7 +87,7 @@ class ControlStore:
 
     def _require(self, config: ControlConfig, access: CtlAccess) -> None:
         if not config.has(access):
-            raise not_supp(f"control {config.name!r} has no {access.name} access")
+            raise not_supp(f"control {config.name!r} has no {access.name} access", ACCESS_RULES.get(access))
 
     def enum_items(self, control_id: int) -> bytes:
         config = self.config(control_id)

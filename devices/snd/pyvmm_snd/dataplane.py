@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from pyvmm.events import NO_EVENTS, EventSink
 from pyvmm.virtio.constants import VIRTQ_DESC_F_WRITE
-from pyvmm_snd import iomsg
+from pyvmm_snd import iomsg, rules
 from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg
 from pyvmm_snd.spec import QueueIndex, Status
 from pyvmm_snd.stream import PcmStream
@@ -98,9 +98,14 @@ class PcmDataPlane:
             if io.stream.direction != msg.direction:
                 raise bad_msg(f"stream {io.stream.id} is {io.stream.direction.name.lower()}, "
                               f"not {msg.direction.name.lower()}")
+            self._check_layout(queue_index, chain, msg)
             io.accept(msg)
         except RequestError as exc:
             self._warn("virtio-snd: %s I/O message refused (%s): %s", queue_index.name, exc.status.name, exc)
+            if exc.rule is not None and msg is not None:
+                self.sink.violation(exc.rule, f"{queue_index.name} message head {chain.head}, stream "
+                                    f"{msg.stream_id}, {msg.data_len} bytes -> {exc.status.name}: {exc}",
+                                    stream=msg.stream_id, state=self._state_of(msg.stream_id))
             self.sink.trace("io", "reject", stream=-1 if msg is None else msg.stream_id, queue=int(queue_index),
                             head=chain.head, status=exc.status.name, reason=str(exc))
             iomsg.reject(self.ctx, queue_index, chain, exc.status)
@@ -112,6 +117,19 @@ class PcmDataPlane:
                                   for _addr, length, flags in chain.descriptors],
                            held=len(io.held))
         return Status.OK
+
+    def _check_layout(self, queue_index: QueueIndex, chain: DescriptorChain, msg: iomsg.IoMessage) -> None:
+        """Tolerated, but reported: frames in device-writable buffers on tx, in readable ones on rx."""
+        if queue_index == QueueIndex.TX and chain.writable_len > iomsg.STATUS_SIZE:
+            self.sink.violation(rules.TX_DEVICE_WRITABLE, f"TX message head {chain.head}: {chain.writable_len} "
+                                f"device-writable bytes (the status needs {iomsg.STATUS_SIZE})",
+                                stream=msg.stream_id)
+        elif queue_index == QueueIndex.RX and chain.readable_len > iomsg.XFER_SIZE:
+            self.sink.violation(rules.RX_DEVICE_READABLE, f"RX message head {chain.head}: {chain.readable_len} "
+                                f"device-readable bytes (the header is {iomsg.XFER_SIZE})", stream=msg.stream_id)
+
+    def _state_of(self, stream_id: int) -> str | None:
+        return self.io[stream_id].stream.state.value if 0 <= stream_id < len(self.io) else None
 
     def prepare(self, stream: PcmStream) -> None:
         self.io[stream.id].prepare()

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pyvmm.guest_log import guest_error
 from pyvmm_snd.spec import Status
 
+if TYPE_CHECKING:
+    from pyvmm.conformance import Rule
+
 
 class RequestError(Exception):
-    """A guest request is rejected with ``status``; the message is the log line's reason."""
+    """A guest request is rejected with ``status``; the message is the log line's reason;
+    ``rule``: the spec rule (:mod:`pyvmm_snd.rules`) the driver broke, if it broke one."""
 
-    def __init__(self, status: Status, message: str):
+    def __init__(self, status: Status, message: str, rule: Rule | None = None):
         super().__init__(message)
         self.status = status
+        self.rule = rule
 
 
-def bad_msg(message: str) -> RequestError:
-    return RequestError(Status.BAD_MSG, message)
+def bad_msg(message: str, rule: Rule | None = None) -> RequestError:
+    return RequestError(Status.BAD_MSG, message, rule)
 
 
-def not_supp(message: str) -> RequestError:
-    return RequestError(Status.NOT_SUPP, message)
+def not_supp(message: str, rule: Rule | None = None) -> RequestError:
+    return RequestError(Status.NOT_SUPP, message, rule)
 
 
 class GuestWarnings:

@@ -13,7 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from pyvmm.events import NO_EVENTS, EventSink
-from pyvmm_snd import spec
+from pyvmm_snd import rules, spec
 from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.spec import EventCode, QueueIndex
 
@@ -62,6 +62,9 @@ class EventQueue:
             if chain.writable_len < EVENT_SIZE or chain.readable_len:
                 self._warn("event buffer with %d writable / %d readable bytes (needs %d writable only): "
                             "returned unused", chain.writable_len, chain.readable_len, EVENT_SIZE)
+                self.sink.violation(rules.EVENT_BUFFER_READABLE if chain.readable_len else rules.EVENT_BUFFER_SIZE,
+                                    f"event buffer head {chain.head}: {chain.writable_len} writable, "
+                                    f"{chain.readable_len} readable bytes", queue=int(QueueIndex.EVENT))
                 self.ctx.complete(QueueIndex.EVENT, chain, 0)
                 continue
             if len(self.buffers) >= queue.size:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from enum import Enum
 
+from pyvmm_snd import rules
 from pyvmm_snd import spec
 from pyvmm_snd.errors import bad_msg, not_supp
 from pyvmm_snd.spec import Direction, PcmFeature, PcmFormat, PcmRate, RequestCode
@@ -100,19 +101,25 @@ class PcmParams:
         """Check SET_PARAMS against what PCM_INFO advertised: NOT_SUPP for an unoffered
         format/rate/channel count/feature, BAD_MSG for impossible buffer geometry."""
         if req.format >= len(PcmFormat) or PcmFormat(req.format) not in config.formats:
-            raise not_supp(f"format {spec.format_name(req.format)} not offered")
+            raise not_supp(f"format {spec.format_name(req.format)} not offered",
+                           rules.UNDEFINED_VALUE if req.format >= len(PcmFormat) else rules.UNADVERTISED_VALUE)
         if req.rate >= len(PcmRate) or PcmRate(req.rate) not in config.rates:
-            raise not_supp(f"rate {spec.rate_name(req.rate)} not offered")
+            raise not_supp(f"rate {spec.rate_name(req.rate)} not offered",
+                           rules.UNDEFINED_VALUE if req.rate >= len(PcmRate) else rules.UNADVERTISED_VALUE)
         if not config.channels_min <= req.channels <= config.channels_max:
-            raise not_supp(f"{req.channels} channels outside {config.channels_min}-{config.channels_max}")
+            raise not_supp(f"{req.channels} channels outside {config.channels_min}-{config.channels_max}",
+                           rules.CHANNELS_RANGE)
         if req.features & ~config.features:
-            raise not_supp(f"features {req.features:#x} not offered (offered {config.features:#x})")
+            raise not_supp(f"features {req.features:#x} not offered (offered {config.features:#x})",
+                           rules.UNDEFINED_VALUE if req.features >> len(PcmFeature) else rules.UNADVERTISED_VALUE)
         params = cls(req.buffer_bytes, req.period_bytes, req.features, req.channels,
                      PcmFormat(req.format), PcmRate(req.rate))
         if req.period_bytes == 0 or req.buffer_bytes == 0:
-            raise bad_msg(f"zero-sized buffer ({req.buffer_bytes}) or period ({req.period_bytes})")
+            raise bad_msg(f"zero-sized buffer ({req.buffer_bytes}) or period ({req.period_bytes})",
+                          rules.PERIOD_DIVIDES_BUFFER)
         if req.buffer_bytes % req.period_bytes:
-            raise bad_msg(f"buffer {req.buffer_bytes} is not a multiple of period {req.period_bytes}")
+            raise bad_msg(f"buffer {req.buffer_bytes} is not a multiple of period {req.period_bytes}",
+                          rules.PERIOD_DIVIDES_BUFFER)
         if req.period_bytes * 8 % params.frame_bits:
             raise bad_msg(f"period {req.period_bytes} is not a whole number of {params.frame_bytes:g}-byte frames")
         if req.buffer_bytes > MAX_BUFFER_BYTES:
@@ -156,7 +163,7 @@ class PcmStream:
     def check(self, code: RequestCode) -> None:
         """Raise BAD_MSG if the lifecycle does not allow ``code`` now."""
         if code not in ALLOWED[self.state]:
-            raise bad_msg(f"stream {self.id}: {code.name} not allowed in state {self.state.value}")
+            raise bad_msg(f"stream {self.id}: {code.name} not allowed in state {self.state.value}", rules.LIFECYCLE)
 
     def apply(self, code: RequestCode, params: PcmParams | None = None) -> None:
         """Accept an already checked command."""

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyvmm.events import NO_EVENTS, EventSink
-from pyvmm_snd import iomsg, pcm_format
+from pyvmm_snd import iomsg, pcm_format, rules
 from pyvmm_snd.backends import BackendParams, PcmBackend
 from pyvmm_snd.clock import FastClock, RealTimeClock
 from pyvmm_snd.errors import RequestError
@@ -56,6 +56,7 @@ from pyvmm_snd.spec import Direction, QueueIndex, Status
 from pyvmm_snd.stream import PcmParams, PcmStream, StreamState
 
 if TYPE_CHECKING:
+    from pyvmm.conformance import Rule
     from pyvmm.virtio.device import DeviceContext
 
     from pyvmm_snd.iomsg import IoMessage
@@ -145,11 +146,12 @@ class StreamIo:
         other length would make the guest's position run ahead of or behind real time."""
         stream = self.stream
         if stream.state not in HOLD_STATES or self.geometry is None:
-            self._refuse(f"stream {stream.id} is {stream.state.value}, not prepared")
+            self._refuse(f"stream {stream.id} is {stream.state.value}, not prepared", rules.IO_NOT_PREPARED)
         period = self.geometry.period_bytes
         if msg.data_len != period:
             self._refuse(f"stream {stream.id}: message carries {msg.data_len} bytes of frames, "
-                         f"the negotiated period is {period}")
+                         f"the negotiated period is {period}",
+                         rules.TX_PERIOD_SIZE if self.playback else rules.RX_PERIOD_SIZE)
         if len(self.held) >= self.max_held:
             self._refuse(f"stream {stream.id} already holds {len(self.held)} messages (the queue size): "
                          f"the driver re-published chains in flight")
@@ -159,9 +161,9 @@ class StreamIo:
         if self.clock is not None and stream.state == StreamState.STARTED:
             self.clock.notify()
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, reason: str, rule: Rule | None = None) -> None:
         self.stats.refused += 1
-        raise RequestError(Status.IO_ERR, reason)
+        raise RequestError(Status.IO_ERR, reason, rule)
 
     # -- commands ------------------------------------------------------------------------------
 
