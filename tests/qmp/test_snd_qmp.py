@@ -175,6 +175,28 @@ def test_inject_timing_faults_late_stall_burst(driver):
     assert completions(d, 0.02) == 2
 
 
+def test_late_and_stall_timers_stand_still_while_paused(driver):
+    d = driver
+    inject = qmp.commands(d.device)["x-pyvmm-snd-inject"]
+    playing(d, 3, xruns=False)
+    assert d.pcm(RequestCode.PCM_START, 0) == Status.OK
+    inject({"type": "late", "stream": 0, "count": 1, "ms": 10})
+    assert completions(d, PERIOD_S + 0.004) == 0  # consumed, 6 ms of lateness left
+    d.device.pause()
+    assert completions(d, 5.0) == 0
+    d.device.resume()
+    assert completions(d, 0.005) == 0
+    assert completions(d, 0.002) == 1
+    inject({"type": "stall", "stream": 0, "ms": 100})
+    d.advance(0.05)
+    d.device.pause()
+    inject({"type": "stall", "stream": 0, "ms": 30})  # re-armed while paused: 30 ms from cont
+    assert completions(d, 5.0) == 0
+    d.device.resume()
+    assert completions(d, 0.029) == 0
+    assert completions(d, 0.002) >= 1  # what the clock consumed before the pause comes out
+
+
 def test_inject_needs_reset_and_drop_event(driver):
     d = driver
     inject = qmp.commands(d.device)["x-pyvmm-snd-inject"]

@@ -14,6 +14,9 @@ Each stream's :class:`StreamFaults` decides how the messages its clock consumes 
   the buffer makes Linux's pointer wrap unseen);
 * ``needs-reset N``: after the Nth message the device sets DEVICE_NEEDS_RESET.
 
+While the VM is paused (QMP ``stop``: :meth:`StreamFaults.freeze`) the late and stall timers
+stand still too, and run what is left of their delay after ``cont``.
+
 Device-wide (:class:`~pyvmm_snd.device.SoundDevice`): ``needs-reset`` now, ``drop-event N``
 (the next N events are lost instead of delivered). Arming and every firing are traced
 (``fault inject``/``fault fire``, :mod:`pyvmm.trace`). A driver reset forgets everything armed;
@@ -53,6 +56,15 @@ class _Held:
     latency_bytes: int
     writer: ChainWriter | None
     timer: object = None
+    deadline: float = 0.0
+    """Loop time of the late completion."""
+
+
+class _Paused:
+    """Stands in for a timer while the VM is paused (the stall is still on)."""
+
+    def cancel(self) -> None:
+        pass
 
 
 class StreamFaults:
@@ -70,6 +82,9 @@ class StreamFaults:
         self.stall_timer = None
         self.reset_after: int | None = None
         self.fired = 0
+        self.stall_deadline = 0.0
+        self._frozen_at: float | None = None
+        """Loop time the VM was paused at (None: running)."""
         self._held: list[_Held] = []
         """Completions held back by a stall or burst, oldest first (later ones queue behind them)."""
         self._late: list[_Held] = []
@@ -89,7 +104,12 @@ class StreamFaults:
         delay = _delay(ms)
         if self.stall_timer is not None:
             self.stall_timer.cancel()
-        self.stall_timer = self.ctx.loop.call_later(delay / 1e3, self._end_stall)
+        if self._frozen_at is not None:  # armed during a pause: the delay starts at cont
+            self.stall_deadline = self._frozen_at + delay / 1e3
+            self.stall_timer = _Paused()
+        else:
+            self.stall_deadline = self.ctx.loop.time() + delay / 1e3
+            self.stall_timer = self.ctx.loop.call_at(self.stall_deadline, self._end_stall)
         self._armed("stall", ms=ms)
 
     def burst(self, count: int) -> None:
@@ -133,7 +153,8 @@ class StreamFaults:
             self.reset_after -= 1
         if self.late_count:
             self.late_count -= 1
-            held.timer = self.ctx.loop.call_later(self.late_ms / 1e3, self._release_late, held)
+            held.deadline = self.ctx.loop.time() + self.late_ms / 1e3
+            held.timer = self.ctx.loop.call_at(held.deadline, self._release_late, held)
             self._late.append(held)
             self._fired("late", head=msg.chain.head, ms=self.late_ms, remaining=self.late_count)
         elif self.stall_timer is not None:
@@ -165,7 +186,35 @@ class StreamFaults:
             self.stall_timer.cancel()
         for held in self._late:
             held.timer.cancel()
+        frozen_at = self._frozen_at
         self.__init__(self.stream_id, self.ctx, self.sink)
+        self._frozen_at = frozen_at
+
+    # -- VM pause (QMP stop/cont) ------------------------------------------------------------------
+
+    def freeze(self) -> None:
+        """The VM is paused: late and stall timers stop (see the module docstring)."""
+        if self._frozen_at is not None:
+            return
+        self._frozen_at = self.ctx.loop.time()
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = _Paused()
+        for held in self._late:
+            held.timer.cancel()
+
+    def thaw(self) -> None:
+        """The VM runs again: every delay resumes with what was left of it."""
+        if self._frozen_at is None:
+            return
+        loop = self.ctx.loop
+        paused, self._frozen_at = loop.time() - self._frozen_at, None
+        if self.stall_timer is not None:
+            self.stall_deadline += paused
+            self.stall_timer = loop.call_at(self.stall_deadline, self._end_stall)
+        for held in self._late:
+            held.deadline += paused
+            held.timer = loop.call_at(held.deadline, self._release_late, held)
 
     # -- helpers ---------------------------------------------------------------------------------
 

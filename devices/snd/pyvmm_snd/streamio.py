@@ -277,12 +277,14 @@ class StreamIo:
         :meth:`thaw`; the period in progress finishes after the pause (RealTimeClock.pause)."""
         self.frozen = True
         self._cancel_hold()
+        self.faults.freeze()
         if self.clock is not None and self.clock.running:
             self.clock.pause()
             self._thaw_clock = True
 
     def thaw(self) -> None:
         self.frozen = False
+        self.faults.thaw()
         if self._thaw_clock and self.clock is not None and self.stream.state == StreamState.STARTED:
             self.clock.resume()
         self._thaw_clock = False
