@@ -100,6 +100,7 @@ def _gdb_address(ctx, param, value):
 
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--kernel", type=click.Path(path_type=Path), help="Kernel (vmlinux ELF or bzImage). Default: the default guest.")
+@click.option("--kernel-tree", type=click.Path(path_type=Path, file_okay=False), help="Rebuild this Linux tree if needed (with the options of its last 'pyvmm kernel build') and boot it with the default initramfs.")
 @click.option("--initrd", type=click.Path(path_type=Path), help="Initramfs. Default: the default guest's (only with the default kernel).")
 @click.option("--append", "append", help="Kernel command line (replaces the default).")
 @click.option("--append-extra", "append_extra", multiple=True, help="Add to the kernel command line (repeatable).")
@@ -121,9 +122,9 @@ def _gdb_address(ctx, param, value):
 @click.option("--gdb-wait", is_flag=True, help="With --gdb: hold the vCPUs before the first instruction until gdb continues (like QEMU -S).")
 @_verbosity_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, acpi, modules,
-        boot_protocol, serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait, verbose,
-        trace, trace_devices, trace_file, strict, command):
+def run(kernel, kernel_tree, initrd, append, append_extra, mem_size, smp, cpu_model, extra_initrd, devices, acpi,
+        modules, boot_protocol, serial_log, timeout, stats, monitor_path, qmp, gdb_address, debug_kernel, gdb_wait,
+        verbose, trace, trace_devices, trace_file, strict, command):
     """Boot a guest. With '-- CMD ARGS...', run CMD in the default guest and exit with its status."""
     pyvmm_log.setup(verbose, trace)
     if gdb_wait and gdb_address is None:
@@ -131,7 +132,19 @@ def run(kernel, initrd, append, append_extra, mem_size, smp, cpu_model, extra_in
     if debug_kernel and kernel is not None:
         raise click.BadParameter("--debug-kernel boots the default guest's debug kernel: drop --kernel",
                                  param_hint="'--debug-kernel'")
-    if kernel is None:
+    if kernel_tree is not None and (kernel is not None or debug_kernel):
+        raise click.UsageError("--kernel-tree excludes --kernel and --debug-kernel "
+                               "('pyvmm kernel build --debug' makes the tree's debug kernel)")
+    if kernel_tree is not None:
+        from pyvmm.arch.x86_64.cpuid import parse_cpu_spec
+        from pyvmm.guestimage.builder import ensure_default_initramfs
+        from pyvmm.guestimage.kernel_tree import rebuild_tree
+
+        parse_cpu_spec(cpu_model)  # bad options fail before minutes of building
+        kernel = rebuild_tree(kernel_tree, progress=_progress).vmlinux
+        default_initrd, base_cmdline = ensure_default_initramfs(progress=_progress)
+        initrds = [initrd or default_initrd]
+    elif kernel is None:
         from pyvmm.guestimage import build_default_guest
 
         image = build_default_guest(debug=debug_kernel, progress=lambda msg: click.echo(f"pyvmm: {msg}", err=True))
@@ -273,6 +286,36 @@ def guest_fetch_kernel(spec, force):
     click.echo(f"modules:   {found.modules}")
     click.echo(f"config:    {found.config}")
     click.echo(f"package:   {found.package}")
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"pyvmm: {msg}", err=True)
+
+
+@main.group()
+def kernel():
+    """Build your own Linux kernel tree for pyvmm guests."""
+
+
+@kernel.command("build")
+@click.option("--tree", type=click.Path(path_type=Path, file_okay=False), help="Linux source tree (default: the current directory).")
+@click.option("--debug", is_flag=True, help="Add DWARF debug info, GDB_SCRIPTS, frame pointers and lockdep.")
+@click.option("--config", "fragments", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Extra config fragment merged last (repeatable).")
+@click.option("--config-from-tree", is_flag=True, help="Start from the tree's own .config instead of tinyconfig.")
+@click.option("--platform-patch", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True, help="Build a shadow copy with the default guest's kvm_pvm patch (auto: when /sys/module/kvm_pvm exists).")
+def kernel_build(tree, debug, fragments, config_from_tree, platform_patch):
+    """Build a kernel tree out of tree (O= under ~/.cache/pyvmm/trees), incrementally.
+
+    The configuration is tinyconfig (or the tree's .config) plus the default guest's fragment,
+    so the kernel boots with the default initramfs: 'pyvmm run --kernel-tree PATH'.
+    Nothing is written into the tree.
+    """
+    from pyvmm.guestimage.kernel_tree import build_tree
+
+    build = build_tree(tree, debug=debug, fragments=list(fragments), config_from_tree=config_from_tree,
+                       platform_patch=platform_patch, progress=_progress)
+    click.echo(f"vmlinux:   {build.vmlinux}")
+    click.echo(f"build dir: {build.build_dir}")
 
 
 @main.command("vhost-user")

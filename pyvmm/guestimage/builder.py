@@ -7,7 +7,10 @@ Cache layout under ``${XDG_CACHE_HOME:-~/.cache}/pyvmm/``::
     sysroots/qemu-<key>/       extracted QEMU tool root (see qemu.py)
     kernel/<variant>-<key>/    vmlinux, bzImage, config, System.map, kernel.json
     kernel/<variant>-<key>.log the kernel build log
-    kernel/debug-<key>.src/    the kept build tree of the debug variant (gdb scripts, sources)
+    kernel/src/<deb>/linux-source-*/   the extracted linux-source package (pristine, shared)
+    kernel/<variant>-<deb>.tree/       the variant's kept build: src/ (patched shadow of the
+                               pristine tree), build/ (make O=); a recipe change rebuilds here
+                               incrementally. The debug variant's build/ has vmlinux-gdb.py.
     initramfs/<key>/           initramfs.cpio, contents.json
 
 Kernel keys hash the config fragments, patches, the [apt]/[kernel] recipe tables, the
@@ -26,7 +29,7 @@ from typing import Callable
 from .apt import AptError, PrivateApt
 from .cache import building, cache_root, entry_lock
 from .initramfs import build_initramfs
-from .kernel import build_kernel, install_outputs
+from .kernel import build_out_of_tree, default_outputs, extract_source, install_outputs
 from .progress import Progress, format_duration
 from .recipe import Recipe
 from .sysroot import ensure_sysroot
@@ -42,7 +45,7 @@ class GuestImage:
     kernel_version: str
     debug: bool = False
     kernel_config: Path | None = None
-    source_dir: Path | None = None  # the kept build tree (debug variant): gdb scripts, sources
+    source_dir: Path | None = None  # the debug variant's O= build tree: vmlinux-gdb.py, scripts
 
 
 def _variant(debug: bool) -> str:
@@ -67,6 +70,36 @@ def _kernel_source(apt: PrivateApt, package: str, progress: Progress) -> Path:
         return apt.download(apt.candidate(package))
 
 
+def _deb_stem(deb_filename: str) -> str:
+    return deb_filename.removesuffix(".deb").replace("%3a", "_")
+
+
+def ensure_kernel_source(recipe: Recipe | None = None, progress: Callable[[str], object] | None = print) -> Path:
+    """The pristine extracted tree of the recipe's ``linux-source`` package (cached; never modified).
+
+    Also the stand-in for a user's kernel tree in the tests: copy it (``cp -al``) before editing.
+    """
+    recipe = recipe or Recipe.load()
+    report = progress if isinstance(progress, Progress) else Progress(progress)
+    root = cache_root()
+    apt = PrivateApt(root / "apt", recipe.apt)
+    _refresh_lists(apt, False, report)
+    return _kernel_source_tree(recipe, apt, root / "kernel", report)
+
+
+def _kernel_source_tree(recipe: Recipe, apt: PrivateApt, directory: Path, progress: Progress) -> Path:
+    source = apt.candidate(recipe.kernel["source_package"])
+    entry = directory / "src" / _deb_stem(source.filename)
+    with entry_lock(entry):
+        trees = sorted(entry.glob("linux-source-*")) if entry.is_dir() else []
+        if len(trees) == 1:
+            return trees[0]
+        deb = _kernel_source(apt, recipe.kernel["source_package"], progress)
+        with building(entry) as tmp:
+            name = extract_source(deb, tmp, progress, tmp.parent / f"{entry.name}.log").name
+        return entry / name
+
+
 def _ensure_kernel(recipe: Recipe, apt: PrivateApt, directory: Path, debug: bool, force: bool,
                    progress: Progress) -> tuple[Path, dict]:
     source = apt.candidate(recipe.kernel["source_package"])
@@ -75,25 +108,26 @@ def _ensure_kernel(recipe: Recipe, apt: PrivateApt, directory: Path, debug: bool
     with entry_lock(entry):
         if entry.is_dir() and not force:
             return entry, json.loads((entry / "kernel.json").read_text())
-        deb = _kernel_source(apt, recipe.kernel["source_package"], progress)
+        tree = _kernel_source_tree(recipe, apt, directory, progress)
         log_path = directory / f"{entry.name}.log"
         log_path.write_text("")
-        work = directory / (f"{entry.name}.src" if debug else f".{entry.name}.work")
-        shutil.rmtree(work, ignore_errors=True)
-        try:
-            outputs = build_kernel(source_deb=deb, patches=recipe.kernel_patches(),
-                                   fragments=recipe.kernel_config_fragments(debug), work_dir=work,
-                                   log_path=log_path, progress=progress, debug=debug)
-            info = {"version": outputs.version, "source_package": f"{source.name} {source.version}",
-                    "source_dir": str(outputs.files["vmlinux"].parent) if debug else None}
-            with building(entry) as tmp:
-                install_outputs(outputs, tmp, link=debug)
-                (tmp / "kernel.json").write_text(json.dumps(info, indent=2) + "\n")
-        finally:
-            if not debug:
+        work = directory / f"{_variant(debug)}-{_deb_stem(source.filename)}.tree"
+        with entry_lock(work):
+            if force:
                 shutil.rmtree(work, ignore_errors=True)
+            targets = ["vmlinux", "bzImage"] + (["scripts_gdb"] if debug else [])
+            built = build_out_of_tree(source=tree, work=work, patches=recipe.kernel_patches(),
+                                      fragments=recipe.kernel_config_fragments(debug), targets=targets,
+                                      log_path=log_path, progress=progress)
+            outputs = default_outputs(built)
+            info = {"version": outputs.version, "source_package": f"{source.name} {source.version}",
+                    "source_dir": str(built.objtree) if debug else None,
+                    "objects_compiled": built.objects}
+            with building(entry) as tmp:
+                install_outputs(outputs, tmp)
+                (tmp / "kernel.json").write_text(json.dumps(info, indent=2) + "\n")
     size = (entry / "vmlinux").stat().st_size
-    progress(f"kernel: {info['version']} built, vmlinux {size / 2**20:.1f} MiB")
+    progress(f"kernel: {info['version']} built ({built.objects} objects compiled), vmlinux {size / 2**20:.1f} MiB")
     return entry, info
 
 
@@ -153,3 +187,14 @@ def build_default_guest(debug: bool = False, force: bool = False,
                        source_dir=Path(info["source_dir"]) if info.get("source_dir") else None)
     report(f"guest image ready ({format_duration(report.elapsed)}): {image.vmlinux}")
     return image
+
+
+def ensure_default_initramfs(progress: Callable[[str], object] | None = print,
+                             recipe_dir: Path | None = None) -> tuple[Path, str]:
+    """The default guest's initramfs and command line, without its kernel (for your own kernel)."""
+    report = Progress(progress)
+    recipe = Recipe.load(recipe_dir)
+    root = cache_root()
+    apt = PrivateApt(root / "apt", recipe.apt)
+    _refresh_lists(apt, False, report)
+    return _ensure_initramfs(recipe, apt, root, False, report), recipe.cmdline
