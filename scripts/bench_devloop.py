@@ -42,7 +42,7 @@ def pyvmm(*args: str) -> list[str]:
 
 def one_loop(tree: Path) -> dict[str, float]:
     os.utime(tree / TOUCHED)
-    argv = pyvmm("run", "--kernel-tree", str(tree), "--device", "virtio-snd", "--timeout", "600",
+    argv = pyvmm("run", "--kernel-tree", str(tree), "--device", "virtio-snd", "--timeout", "1800",
                  "--", "aplay", "-l")
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
