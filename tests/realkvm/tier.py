@@ -31,7 +31,10 @@ class GuestRun:
 
 def run_guest(*args: str, timeout: float = 600) -> GuestRun:
     """``pyvmm run ARGS`` with the tier's retry policy: a boot whose /init never started is retried once."""
-    argv = [sys.executable, "-m", "pyvmm", "run", *args]
+    return run_with_retry([sys.executable, "-m", "pyvmm", "run", *args], f"pyvmm run {' '.join(args)}", timeout)
+
+
+def run_with_retry(argv: list[str], label: str, timeout: float) -> GuestRun:
     for attempt in range(1, BOOT_ATTEMPTS + 1):
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
@@ -46,8 +49,7 @@ def run_guest(*args: str, timeout: float = 600) -> GuestRun:
             cause = None if INIT_STARTED in out else f"no /init after {timeout:g} s (timeout)"
         if cause is None or attempt == BOOT_ATTEMPTS:
             return run
-        note = f"pyvmm run {' '.join(args)}: boot {attempt} stopped mid-boot ({cause}); retrying"
+        note = f"{label}: boot {attempt} stopped mid-boot ({cause}); retrying"
         retries.append(note)
         print(f"realkvm: {note}", file=sys.stderr)
     raise AssertionError("unreachable")
-
