@@ -2,7 +2,7 @@
 
 ``pyvmm run --debug-kernel --gdb unix:S --gdb-wait -- aplay ...`` and ``pyvmm gdb`` in batch
 mode: read the registers at the entry point, continue, interrupt (Ctrl-C once user space
-runs), a hardware breakpoint on ``snd_pcm_period_elapsed`` (address from the debug vmlinux)
+runs), the kernel's gdb scripts (``lx-version``), a hardware breakpoint on ``snd_pcm_period_elapsed`` (address from the debug vmlinux)
 hit while the guest plays, a backtrace through ``virtsnd_pcm_msg_complete``, delete,
 continue, and the guest finishes with status 0. The device clock runs on while gdb holds
 the guest, so the stream underruns and the device says so.
@@ -54,6 +54,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.timeout(4500)  # the debug kernel's boot in the emulator: many minutes on a loaded kvm_pvm
 def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_path):
     data = debug_image.vmlinux.read_bytes()
     entry = find_pvh_entry(data, parse_program_headers(data)[1])
@@ -67,7 +68,7 @@ def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_p
     gdb = None
     try:
         _wait_for(sock.exists, 120, "the gdb socket")
-        commands = ["info registers rip", "continue", "info registers rip",
+        commands = ["info registers rip", "continue", "info registers rip", "lx-version",
                     f"hbreak *{period_elapsed:#x}", "continue", "bt", "delete", "continue"]
         gdb_args = [arg for command in commands for arg in ("-ex", command)]
         gdb = subprocess.Popen(pyvmm_argv("gdb", "--connect", f"unix:{sock}", "--", "-batch", *gdb_args),
@@ -89,6 +90,7 @@ def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_p
     assert rips[0] == entry, out                      # held before the first instruction
     assert "Program received signal SIGINT" in out, out
     assert rips[1] >= 0xFFFF_FFFF_8000_0000, out      # interrupted in the kernel
+    assert "Linux version 6.12" in out, out           # the kernel's gdb scripts are loaded (lx-version)
     assert re.search(r"Breakpoint 1, (0x[0-9a-f]+ in )?snd_pcm_period_elapsed", out), out
     backtrace = out[out.index("Breakpoint 1,"):]
     assert re.search(r"#\d+ .*virtsnd_pcm_msg_complete", backtrace), out
