@@ -31,15 +31,23 @@ class ToneBackend(PcmBackend):
         self.phase = 0.0
 
     def read(self, nbytes: int) -> bytes:
+        """``nbytes`` of the sine, computed BLOCK_FRAMES at a time: the float64 intermediates
+        (several times the output size) stay small whatever the caller asks for."""
         params = self._require_open()
         self.stats.read += nbytes
         frames = nbytes // params.frame_bytes
         step = self.frequency / params.rate
-        phases = self.phase + np.arange(frames, dtype=np.float64) * step
-        self.phase = (self.phase + frames * step) % 1.0
-        wave = self.amplitude * np.sin(2 * np.pi * phases)
-        data = pcm_format.from_float(np.repeat(wave, params.channels), params.format)
+        blocks = []
+        for start in range(0, frames, self.BLOCK_FRAMES):
+            count = min(self.BLOCK_FRAMES, frames - start)
+            phases = self.phase + np.arange(count, dtype=np.float64) * step
+            self.phase = (self.phase + count * step) % 1.0
+            wave = self.amplitude * np.sin(2 * np.pi * phases)
+            blocks.append(pcm_format.from_float(np.repeat(wave, params.channels), params.format))
+        data = b"".join(blocks)
         return data + self.silence(nbytes - len(data))
+
+    BLOCK_FRAMES = 4096
 
     def describe(self) -> str:
         return f"tone {self.frequency:g} Hz amplitude {self.amplitude:g}"
