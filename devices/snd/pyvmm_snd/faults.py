@@ -238,8 +238,7 @@ class StreamFaults:
         for h in held:
             self._complete(h)
         if held:
-            if why is not None:
-                self._fired(why, released=len(held))
+            self._fired(why or "flush", released=len(held))
             self.ctx.signal_used(held[0].msg.queue_index)
         return len(held)
 
