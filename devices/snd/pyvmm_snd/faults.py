@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from pyvmm.virtio.chain import ChainWriter
     from pyvmm.virtio.device import DeviceContext
 
+    from pyvmm_snd.device import SoundDevice
     from pyvmm_snd.iomsg import IoMessage
 
 log = logging.getLogger(__name__)
@@ -268,3 +269,20 @@ def _delay(ms: float) -> float:
     return float(ms)
 
 
+
+
+# -- device-wide faults (the monitor and QMP share these) ---------------------------------------
+
+
+def needs_reset_now(device: SoundDevice, source: str) -> None:
+    """Set DEVICE_NEEDS_RESET (with a configuration-change interrupt) now."""
+    if device.ctx is None:
+        raise ValueError("the driver has not activated the device")
+    device.event_sink.trace("fault", "inject", what="needs_reset")
+    device.ctx.request_reset(f"injected from {source}")
+
+
+def drop_events(device: SoundDevice, count: int) -> None:
+    """Lose the next ``count`` device events instead of delivering them."""
+    device.events.drop_next = _count(count)
+    device.event_sink.trace("fault", "inject", what="drop_event", count=count)

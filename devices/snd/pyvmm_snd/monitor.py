@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+from pyvmm_snd import faults
 from pyvmm_snd.spec import PcmFeature, Status
 from pyvmm_snd.stream import StreamState
 
@@ -105,10 +106,7 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
     def needs_reset(args: list[str]) -> str:
         """needs-reset [STREAM N]       set DEVICE_NEEDS_RESET now, or after the stream's Nth I/O message"""
         if not args:
-            if device.ctx is None:
-                raise ValueError("the driver has not activated the device")
-            device.event_sink.trace("fault", "inject", what="needs_reset")
-            device.ctx.request_reset("injected from the monitor")
+            faults.needs_reset_now(device, "the monitor")
             return "DEVICE_NEEDS_RESET set (configuration change interrupt sent)"
         if len(args) != 2:
             raise ValueError("usage: needs-reset [STREAM N]")
@@ -121,10 +119,7 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
         if len(args) > 1:
             raise ValueError("usage: drop-event [N]")
         count = _number(args[0], "count") if args else 1
-        if not 0 <= count <= 100_000:
-            raise ValueError("count must be 0..100000")
-        device.events.drop_next = count
-        device.event_sink.trace("fault", "inject", what="drop_event", count=count)
+        faults.drop_events(device, count)
         return f"next {count} events dropped"
 
     def info(args: list[str]) -> str:

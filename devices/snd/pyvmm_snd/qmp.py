@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from pyvmm_snd import faults
 from pyvmm_snd.faults import MAX_COUNT
 from pyvmm_snd.spec import Status
 
@@ -88,18 +89,14 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             if "stream" in arguments:
                 _faults(device, arguments).needs_reset_after(_arg(arguments, "count", int))
                 return {"sent": False}
-            if device.ctx is None:
-                raise ValueError("the driver has not activated the device")
-            device.event_sink.trace("fault", "inject", what="needs_reset")
-            device.ctx.request_reset("injected from QMP")
+            faults.needs_reset_now(device, "QMP")
             return {"sent": True}
         if kind == "drop-event":
             _only(arguments, {"type", "count"})
             count = arguments.get("count", 1)
             if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
                 raise ValueError(f"'count' must be an integer 0..{MAX_COUNT}")
-            device.events.drop_next = count
-            device.event_sink.trace("fault", "inject", what="drop_event", count=count)
+            faults.drop_events(device, count)
             return {"sent": True}
         raise ValueError(f"'type' must be one of {', '.join(INJECT_TYPES)}, not {kind!r}")
 
