@@ -66,11 +66,11 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             return {"sent": device.control_plane.ctls_negotiated}
         if kind == "fail":
             _only(arguments, {"type", "stream", "count", "status"})
-            faults, count = _faults(device, arguments), _arg(arguments, "count", int)
+            stream_faults, count = _faults(device, arguments), _arg(arguments, "count", int)
             status = arguments.get("status", "io-err")
             if status not in FAIL_STATUSES:
                 raise ValueError(f"'status' must be one of {', '.join(FAIL_STATUSES)}")
-            faults.fail(count, FAIL_STATUSES[status])
+            stream_faults.fail(count, FAIL_STATUSES[status])
             return {"sent": True}
         if kind == "late":
             _only(arguments, {"type", "stream", "count", "ms"})
