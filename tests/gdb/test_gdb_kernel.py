@@ -97,7 +97,7 @@ def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_p
     rips = [int(v, 16) for v in re.findall(r"^rip\s+0x([0-9a-f]+)", out, re.M)]
     assert rips[0] == entry, out                      # held before the first instruction
     assert "Program received signal SIGINT" in out, out
-    assert rips[1] >= 0xFFFF_FFFF_8000_0000, out      # interrupted in the kernel
+    assert rips[1] != entry, out                      # it ran (Ctrl-C lands in the kernel or in user space)
     assert "Linux version 6.12" in out, out           # the kernel's gdb scripts are loaded (lx-version)
     assert re.search(r"Breakpoint 1, (0x[0-9a-f]+ in )?snd_pcm_period_elapsed", out), out
     first = out[out.index("Breakpoint 1,"):out.index("Breakpoint 2")]
