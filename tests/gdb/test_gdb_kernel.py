@@ -76,7 +76,9 @@ def test_gdb_breaks_in_the_sound_driver_while_the_guest_plays(debug_image, tmp_p
     try:
         _wait_for(sock.exists, 120, "the gdb socket")
         commands = ["info registers rip", "continue", "info registers rip", "lx-version",
-                    f"hbreak *{period_elapsed:#x}", "continue", "bt", "delete",
+                    f"hbreak *{period_elapsed:#x}", "continue", "bt",
+                    "shell sleep 2",  # hold the guest longer than its 0.5 s buffer: the device underruns
+                    "delete",
                     "hbreak virtsnd_pcm_msg_complete", "continue", "bt", "delete", "continue"]
         gdb_args = [arg for command in commands for arg in ("-ex", command)]
         gdb = subprocess.Popen(pyvmm_argv("gdb", "--connect", f"unix:{sock}", "--", "-batch", *gdb_args),
