@@ -116,10 +116,11 @@ class GuestErrorLog:
         if not loud:
             logger.debug(message, *args)
             return False
-        if held_back:
-            logger.warning(message + " (%d more like this since the last report)", *args, held_back)
-        elif last_of_burst:
-            logger.warning(message + " (reports like this are rate-limited from now on; -vv shows all)", *args)
+        if held_back or last_of_burst:
+            text = message % args if args else message  # the caller's text may hold a bare '%'
+            note = (f"{held_back} more like this since the last report" if held_back
+                    else "reports like this are rate-limited from now on; -vv shows all")
+            logger.warning("%s (%s)", text, note)
         else:
             logger.warning(message, *args)
         return True

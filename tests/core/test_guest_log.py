@@ -94,3 +94,14 @@ def test_reset_starts_a_new_lifetime(clock, caplog):
     caplog.clear()
     guest_log.guest_error(logger, "again")
     assert len(warnings(caplog)) == 1
+
+
+def test_a_bare_percent_in_a_message_without_args_is_kept(clock, caplog):
+    logger = logging.getLogger("t.pct")
+    for _ in range(6):
+        guest_log.guest_error(logger, "volume 100% refused")
+    clock.now += guest_log.GuestErrorLog.interval
+    guest_log.guest_error(logger, "volume 100% refused")
+    messages = [r.getMessage() for r in warnings(caplog)]
+    assert messages[4] == "volume 100% refused (reports like this are rate-limited from now on; -vv shows all)"
+    assert messages[5] == "volume 100% refused (1 more like this since the last report)"
