@@ -132,6 +132,9 @@ def run(kernel, kernel_tree, initrd, append, append_extra, mem_size, smp, cpu_mo
     if debug_kernel and kernel is not None:
         raise click.BadParameter("--debug-kernel boots the default guest's debug kernel: drop --kernel",
                                  param_hint="'--debug-kernel'")
+    if kernel is None and kernel_tree is None and modules is not None:
+        raise click.BadParameter("the default guest's kernel has no module support; give --kernel too",
+                                 param_hint="'--modules'")
     if kernel_tree is not None and (kernel is not None or debug_kernel):
         raise click.UsageError("--kernel-tree excludes --kernel and --debug-kernel "
                                "('pyvmm kernel build --debug' makes the tree's debug kernel)")

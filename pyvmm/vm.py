@@ -184,9 +184,12 @@ class Vm:
     def _acpi_mode(self) -> str:
         """``on``: tables, devices only there; ``off``: MP table and command line only;
         ``both``: tables and command-line devices (``auto`` when the kernel gives no clue)."""
-        if self.config.acpi != "auto":
-            return self.config.acpi
         has_acpi = kernel_has_acpi(self.config.kernel, self.config.modules)
+        if self.config.acpi != "auto":
+            if self.config.acpi == "on" and has_acpi is False and self.config.devices:
+                log.warning("--acpi on: %s is built without ACPI, so it will not find the virtio devices"
+                            " (they are only in the ACPI tables)", self.config.kernel)
+            return self.config.acpi
         if has_acpi is None:
             log.info("cannot tell whether %s has ACPI: devices are in the ACPI tables and on the command line"
                      " (--acpi on|off decides)", self.config.kernel)
