@@ -100,15 +100,25 @@ class DeviceRunner:
             log.exception("device reset failed")
 
     def notify(self, index: int) -> None:
+        """One turn of the device on ring ``index``: at most a queue's size of chains per turn
+        (``SplitQueue.begin_turn``), so a front end refilling as fast as the device answers
+        cannot hold the loop; what is left is served on a later loop turn."""
+        context = self.context
+        queue = context.queues[index] if context is not None and 0 <= index < len(context.queues) else None
         sink = self.device.event_sink
-        if sink.tracing("queue") and self.context is not None:
-            queue = self.context.queues[index]
+        if sink.tracing("queue") and queue is not None:
             sink.trace("queue", "notify", queue=index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
                        in_flight=queue.in_flight)
+        if queue is not None:
+            queue.begin_turn()
         try:
             self.device.queue_notify(index)
         except Exception:  # a device bug must not take the server down
             log.exception("device failed handling a notification on queue %d", index)
+        finally:
+            more = queue.end_turn() if queue is not None else False
+        if more and self.context is context:
+            self.loop.call_soon(self.notify, index)
 
     def memory_changed(self) -> None:
         """Running queues hold views of the old mappings: take fresh ones."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pyvmm.errors import VmmError
@@ -143,6 +143,11 @@ def test_linux_hw_params_within_advertised_limits_are_accepted(formats, rates, c
         frame = spec.SAMPLE_LAYOUTS[fmt].physical_width // 8 * channels
         period_frames = data.draw(st.integers(max(1, spec.RATE_HZ[rate] // 100), spec.RATE_HZ[rate] * 80 // 1000))
         periods = data.draw(st.integers(2, 16))
+        # virtsnd_pcm_build_hw caps the buffer at 160 ms of the widest format, most channels, top rate
+        widest = max(spec.SAMPLE_LAYOUTS[f].physical_width // 8 for f in PcmFormat if info.formats >> f & 1)
+        top_rate = max(spec.RATE_HZ[r] for r in spec.LINUX_MAPPED_RATES if info.rates >> r & 1)
+        linux_max = -(-widest * info.channels_max * 160 * top_rate // 1000 // 4096) * 4096
+        assume(period_frames * frame * periods <= linux_max)
         status = d.set_params(0, buffer_bytes=period_frames * frame * periods, period_bytes=period_frames * frame,
                               channels=channels, fmt=fmt, rate=rate)
         assert status == Status.OK
