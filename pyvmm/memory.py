@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -90,14 +91,23 @@ def _replace_with_zero_pages(addr: int, length: int) -> None:
         raise OSError(ctypes.get_errno(), f"cannot replace guest RAM at {addr:#x}+{length:#x}")
 
 
+_INT_FORMATS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"), 8: struct.Struct("<Q")}
+
+
 class GuestMemory:
-    """All guest RAM regions, addressed by guest-physical address."""
+    """All guest RAM regions, addressed by guest-physical address.
+
+    Accesses that fall inside one region (nearly all: rings, descriptors, a period of audio)
+    take a fast path: the region found last is tried first and small values go through
+    ``struct`` on the region's array, with no generator or temporary view per access. Only
+    accesses spanning regions or falling outside RAM walk :meth:`_segments`."""
 
     def __init__(self, regions: list[MemoryRegion]):
         self.regions = sorted(regions, key=lambda r: r.guest_addr)
         for a, b in zip(self.regions, self.regions[1:]):
             if a.end > b.guest_addr:
                 raise GuestMemoryError(f"memory regions overlap at {b.guest_addr:#x}")
+        self._last = self.regions[0] if self.regions else None
 
     @classmethod
     def create(cls, layout: list[tuple[int, int]]) -> GuestMemory:
@@ -127,6 +137,25 @@ class GuestMemory:
             if region.guest_addr <= addr < region.end:
                 return region
         return None
+
+    def _within(self, addr: int, length: int) -> tuple[np.ndarray, int] | None:
+        """``(region array, offset)`` when ``[addr, addr+length)`` lies in one region (the
+        fast path of every access); None otherwise (the caller walks :meth:`_segments`,
+        which also raises the error for a bad range). A closed region's array is empty, so
+        it never matches here."""
+        region = self._last
+        if region is None or length < 0:
+            return None
+        off = addr - region.guest_addr
+        if not (0 <= off and off + length <= len(region.array)):
+            for region in self.regions:
+                off = addr - region.guest_addr
+                if 0 <= off and off + length <= len(region.array):
+                    self._last = region
+                    break
+            else:
+                return None
+        return region.array, off
 
     def _segments(self, addr: int, length: int) -> Iterator[tuple[MemoryRegion, int, int]]:
         """Yield ``(region, offset, count)`` pieces covering ``[addr, addr+length)``."""
@@ -160,6 +189,10 @@ class GuestMemory:
         return region.array[offset:offset + count]
 
     def read(self, addr: int, length: int) -> bytes:
+        hit = self._within(addr, length)
+        if hit is not None:
+            array, off = hit
+            return array[off:off + length].tobytes()
         return b"".join(region.array[off:off + n].tobytes() for region, off, n in self._segments(addr, length))
 
     def read_into(self, addr: int, out: np.ndarray) -> None:
@@ -171,6 +204,11 @@ class GuestMemory:
 
     def write(self, addr: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         src = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
+        hit = self._within(addr, len(src))
+        if hit is not None:
+            array, off = hit
+            array[off:off + len(src)] = src
+            return
         pos = 0
         for region, off, n in self._segments(addr, len(src)):
             region.array[off:off + n] = src[pos:pos + n]
@@ -181,10 +219,19 @@ class GuestMemory:
             region.array[off:off + n] = value
 
     def read_int(self, addr: int, size: int) -> int:
+        fmt = _INT_FORMATS.get(size)
+        hit = self._within(addr, size)
+        if fmt is not None and hit is not None:
+            return fmt.unpack_from(hit[0], hit[1])[0]
         return int.from_bytes(self.read(addr, size), "little")
 
     def write_int(self, addr: int, size: int, value: int) -> None:
-        self.write(addr, value.to_bytes(size, "little"))
+        fmt = _INT_FORMATS.get(size)
+        hit = self._within(addr, size)
+        if fmt is not None and hit is not None and 0 <= value < 1 << (size * 8):
+            fmt.pack_into(hit[0], hit[1], value)
+            return
+        self.write(addr, value.to_bytes(size, "little"))  # OverflowError for a value that does not fit
 
     def read_u8(self, addr: int) -> int:
         return self.read_int(addr, 1)

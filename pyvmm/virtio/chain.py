@@ -29,6 +29,8 @@ class ShortChainError(ValueError):
 
 
 def _as_bytes_array(data: BytesLike | ctypes.Structure) -> np.ndarray:
+    if isinstance(data, bytes):
+        return np.frombuffer(data, dtype=np.uint8)
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
     return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
@@ -47,6 +49,20 @@ class _Segments:
             self.starts.append(pos)
             pos += len(buf)
         self.total = pos
+
+    def within(self, start: int, length: int) -> np.ndarray | None:
+        """The view of ``[start, start+length)`` if one buffer holds it all (the usual case),
+        else None; the fast path of reads and writes."""
+        buffers = self.buffers
+        if len(buffers) == 1:
+            buf = buffers[0]
+            return buf[start:start + length] if start + length <= len(buf) else None
+        i = bisect.bisect_right(self.starts, start) - 1
+        if i < 0:
+            return None
+        off = start - self.starts[i]
+        buf = buffers[i]
+        return buf[off:off + length] if off + length <= len(buf) else None
 
     def pieces(self, start: int, length: int) -> Iterator[np.ndarray]:
         """Views covering ``[start, start+length)`` of the concatenated buffers."""
@@ -130,6 +146,9 @@ class ChainReader:
         """The next ``n`` bytes (all remaining bytes if ``n`` is negative)."""
         start = self._claim(n)
         n = self._pos - start
+        view = self._segs.within(start, n)
+        if view is not None:
+            return view.tobytes()
         return b"".join(p.tobytes() for p in self._segs.pieces(start, n))
 
     def read_into(self, out: np.ndarray) -> int:
@@ -184,6 +203,10 @@ class ChainWriter:
         return self._pos + self._tail
 
     def _copy(self, start: int, src: np.ndarray) -> None:
+        view = self._segs.within(start, len(src))
+        if view is not None:
+            view[:] = src
+            return
         pos = 0
         for piece in self._segs.pieces(start, len(src)):
             piece[:] = src[pos:pos + len(piece)]

@@ -40,6 +40,8 @@ class ControlStore:
         self.values: list[list[int] | bytes] = [self._initial(c) for c in self.configs]
         self.on_change: Callable[[int, int], None] | None = None
         """Called with ``(control_id, mask)`` after a value changed (mask: 1 << CtlEventMask)."""
+        self._gains: dict[int, float] = {}
+        """:meth:`stream_gain` per stream, asked once per period: cleared by every value change."""
 
     @staticmethod
     def _initial(config: ControlConfig) -> list[int] | bytes:
@@ -71,6 +73,12 @@ class ControlStore:
     def stream_gain(self, stream_id: int) -> float:
         """Linear gain the data plane applies to ``stream_id``: 0.0 when switched off or at the
         bottom of the volume scale (the TLV marks it as mute), 1.0 at 0 dB or without controls."""
+        gain = self._gains.get(stream_id)
+        if gain is None:
+            gain = self._gains[stream_id] = self._compute_gain(stream_id)
+        return gain
+
+    def _compute_gain(self, stream_id: int) -> float:
         switch = self.find(stream_id, CtlRole.MUTE)
         if switch is not None and not self.values[switch][0]:
             return 0.0
@@ -190,6 +198,7 @@ class ControlStore:
         changed = values != self.values[control_id]
         self.values[control_id] = values
         if changed:
+            self._gains.clear()
             shown = values if isinstance(values, list) else f"{len(values)} bytes"
             log.info("control %d %r (index %d) = %s", control_id, config.name, config.index, shown)
             if self.on_change is not None:

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 XFER_SIZE = 4
 STATUS_SIZE = 8
 
-QUEUE_DIRECTION = {QueueIndex.TX: Direction.OUTPUT, QueueIndex.RX: Direction.INPUT}
 DIR_NAMES = {Direction.OUTPUT: "playback", Direction.INPUT: "capture"}
 
 
@@ -49,7 +48,7 @@ class IoMessage:
 
     @property
     def direction(self) -> Direction:
-        return QUEUE_DIRECTION[self.queue_index]
+        return Direction.OUTPUT if self.queue_index == QueueIndex.TX else Direction.INPUT
 
 
 def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
@@ -59,7 +58,7 @@ def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
         raise bad_msg(f"I/O message with {readable} readable bytes, needs a {XFER_SIZE}-byte header")
     if writable < STATUS_SIZE:
         raise bad_msg(f"I/O message with {writable} writable bytes, needs an {STATUS_SIZE}-byte status")
-    stream_id = spec.parse(spec.PcmXfer, chain.reader().read(XFER_SIZE)).stream_id
+    (stream_id,) = spec.PCM_XFER.unpack(chain.reader().read(XFER_SIZE))
     if queue_index == QueueIndex.TX:
         # Extra writable bytes before the status are tolerated (and left untouched).
         return IoMessage(queue_index, chain, stream_id, readable - XFER_SIZE)
@@ -78,8 +77,10 @@ def complete(ctx: DeviceContext, msg: IoMessage, status: Status, latency_bytes: 
     """Return ``msg`` with ``status``; ``writer``: the one capture frames were written with
     (the used length then counts them, per spec)."""
     writer = writer or msg.chain.writer()
-    writer.write_at_end(spec.PcmStatus(status=status, latency_bytes=latency_bytes))
-    log.log(5, "I/O stream %d %s -> %s used=%d", msg.stream_id, msg.direction.name, status.name, writer.written)
+    writer.write_at_end(spec.PCM_STATUS.pack(status, latency_bytes))
+    if log.isEnabledFor(5):
+        log.log(5, "I/O stream %d %s -> %s used=%d", msg.stream_id, msg.direction.name, status.name,
+                writer.written)
     if msg.sink is not None:
         now = msg.sink.since_start()
         deadline = None if msg.deadline is None else msg.sink.since_start(msg.deadline)
@@ -95,5 +96,5 @@ def reject(ctx: DeviceContext, queue_index: QueueIndex, chain: DescriptorChain, 
     nothing (the caller signals the driver)."""
     writer = chain.writer()
     if chain.writable_len >= STATUS_SIZE:
-        writer.write_at_end(spec.PcmStatus(status=status))
+        writer.write_at_end(spec.PCM_STATUS.pack(status, 0))
     ctx.complete(queue_index, chain, writer.written, notify=False)

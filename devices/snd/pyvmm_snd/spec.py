@@ -428,6 +428,13 @@ class PcmStatus(_Wire):
     _fields_ = [("status", u32), ("latency_bytes", u32)]
 
 
+PCM_XFER = struct.Struct("<I")
+"""``PcmXfer`` and ``PcmStatus`` as ``struct`` formats, for the per-period data path (a ctypes
+round trip costs microseconds there); checked against the ctypes layouts below."""
+PCM_STATUS = struct.Struct("<II")
+assert PCM_XFER.size == ctypes.sizeof(PcmXfer) and PCM_STATUS.size == ctypes.sizeof(PcmStatus)
+
+
 class ChmapHdr(_Wire):
     _fields_ = [("code", u32), ("chmap_id", u32)]
 

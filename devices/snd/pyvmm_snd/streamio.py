@@ -309,7 +309,8 @@ class StreamIo:
         msg = self.held.popleft()
         if isinstance(self.clock, RealTimeClock):
             msg.deadline = self.clock.deadline(tick)
-        self._end_gap(trailing=False)
+        if self._gap:
+            self._end_gap(trailing=False)
         if self.playback:
             self._play(msg)
         else:
@@ -363,16 +364,26 @@ class StreamIo:
             yield min(step, nbytes - start)
 
     def _play(self, msg: IoMessage) -> None:
-        if self._injected_failure(msg):
+        if self.faults.fail_count and self._injected_failure(msg):
             return
-        reader = msg.chain.reader()
-        reader.skip(iomsg.XFER_SIZE)
-        for n in self._chunks(msg.data_len):
-            if not self._backend_ok:
-                break  # nothing to feed: do not even read the guest's frames
-            data = reader.read(n)
-            self._backend_call(lambda backend: backend.write(self._scaled(data)))
+        if self._backend_ok:  # else nothing to feed: do not even read the guest's frames
+            reader = msg.chain.reader()
+            reader.skip(iomsg.XFER_SIZE)
+            if msg.data_len <= CHUNK_BYTES // 2:  # one piece whatever the frame size (the usual case)
+                self._feed(reader.read(msg.data_len))
+            else:
+                for n in self._chunks(msg.data_len):
+                    if not self._backend_ok:
+                        break
+                    self._feed(reader.read(n))
         self.faults.complete(msg, Status.OK, latency_bytes=self._latency())
+
+    def _feed(self, data: bytes) -> None:
+        """One piece of the guest's frames to the back end, gain applied."""
+        try:
+            self.backend.write(self._scaled(data))
+        except Exception as exc:
+            self._backend_failed(exc)
 
     def _record(self, msg: IoMessage) -> None:
         self._completed_since_submit += 1
@@ -411,11 +422,14 @@ class StreamIo:
         try:
             return fn(self.backend)
         except Exception as exc:
-            self.stats.backend_errors += 1
-            log.warning("stream %d: back end %s failed: %s; the stream carries on without host audio",
-                        self.stream.id, self.backend.describe(), exc)
-            self._close_backend()
+            self._backend_failed(exc)
             return None
+
+    def _backend_failed(self, exc: Exception) -> None:
+        self.stats.backend_errors += 1
+        log.warning("stream %d: back end %s failed: %s; the stream carries on without host audio",
+                    self.stream.id, self.backend.describe(), exc)
+        self._close_backend()
 
     # -- xruns ------------------------------------------------------------------------------------
 
