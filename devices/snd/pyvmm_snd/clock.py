@@ -1,7 +1,8 @@
 """Period clocks of a PCM stream: when the data plane may complete the next I/O message.
 
 :class:`RealTimeClock` ticks once per period on **absolute** deadlines of the event loop's
-monotonic clock (``deadline_n = t0 + n * period``, scheduled with ``loop.call_at``), so the
+monotonic clock (``deadline_n = t0 + n * period``, scheduled with :func:`pyvmm.looptimer.loop_timer`,
+a timerfd on asyncio's loop: ``call_at`` alone would fire up to 1 ms late), so the
 time the tick callback takes, or a busy loop, never shifts later deadlines: over an hour
 the clock is exactly as far along as the loop's clock. The first tick comes one period
 after :meth:`~RealTimeClock.start` (the first period has then been played/recorded).
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from pyvmm.looptimer import loop_timer
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +131,13 @@ class RealTimeClock:
         self.t0: float | None = None
         self.tick = 0
         """Number of the last delivered tick in this run."""
-        self._handle: asyncio.TimerHandle | None = None
+        self._timer = None
+        """The loop timer of the next tick (made at the first start, closed by :meth:`stop`)."""
         self._paused_at: float | None = None
 
     @property
     def running(self) -> bool:
-        return self._handle is not None
+        return self._timer is not None and self._timer.armed
 
     @property
     def paused(self) -> bool:
@@ -154,7 +158,7 @@ class RealTimeClock:
         self._schedule()
 
     def pause(self) -> None:
-        if self._handle is None:
+        if not self.running:
             return
         self._cancel()
         self._paused_at = self.loop.time()
@@ -171,6 +175,9 @@ class RealTimeClock:
 
     def stop(self) -> None:
         self._cancel()
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
         self._paused_at = None
         self.t0 = None
 
@@ -178,15 +185,15 @@ class RealTimeClock:
         """Work became available: irrelevant for a real-time clock (it ticks regardless)."""
 
     def _cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     def _schedule(self) -> None:
-        self._handle = self.loop.call_at(self.deadline(self.tick + 1), self._fire)
+        if self._timer is None:
+            self._timer = loop_timer(self.loop, self._fire)
+        self._timer.arm(self.deadline(self.tick + 1))
 
     def _fire(self) -> None:
-        self._handle = None
         self.tick += 1
         deadline = self.deadline(self.tick)
         now = self.loop.time()
