@@ -178,6 +178,15 @@ class GuestMemory:
 
     # -- access ---------------------------------------------------------------------
 
+    def single_view(self, addr: int, length: int) -> np.ndarray | None:
+        """A zero-copy uint8 view of ``[addr, addr+length)`` if one region holds it, else None
+        (the range crosses regions or leaves RAM): the fast path of buffer lookups."""
+        hit = self._within(addr, length)
+        if hit is None:
+            return None
+        array, off = hit
+        return array[off:off + length]
+
     def view(self, addr: int, length: int) -> np.ndarray:
         """A zero-copy uint8 view of guest memory; the range must lie in one region."""
         pieces = list(self._segments(addr, length))

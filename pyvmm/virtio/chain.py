@@ -81,7 +81,8 @@ class _Segments:
 class DescriptorChain:
     """One driver request: the head index plus its readable and writable guest buffers."""
 
-    __slots__ = ("head", "readable", "writable", "descriptors", "epoch", "returned", "_r", "_w")
+    __slots__ = ("head", "readable", "writable", "descriptors", "epoch", "returned", "readable_len",
+                 "writable_len", "_r", "_w")
 
     def __init__(self, head: int, readable: list[np.ndarray], writable: list[np.ndarray],
                  descriptors: list[tuple[int, int, int]] | None = None, epoch: int = 0):
@@ -98,14 +99,10 @@ class DescriptorChain:
         """``(guest_addr, length, flags)`` of every buffer descriptor, for tracing and debugging."""
         self._r = _Segments(readable)
         self._w = _Segments(writable)
-
-    @property
-    def readable_len(self) -> int:
-        return self._r.total
-
-    @property
-    def writable_len(self) -> int:
-        return self._w.total
+        self.readable_len = self._r.total
+        """Bytes in the device-readable buffers."""
+        self.writable_len = self._w.total
+        """Bytes in the device-writable buffers."""
 
     def reader(self) -> ChainReader:
         return ChainReader(self._r)
@@ -134,12 +131,13 @@ class ChainReader:
         return self._pos
 
     def _claim(self, n: int) -> int:
-        if n < 0:
-            n = self.remaining
-        if n > self.remaining:
-            raise ShortChainError(f"read of {n} bytes, only {self.remaining} readable bytes left")
         start = self._pos
-        self._pos += n
+        left = self._segs.total - start
+        if n < 0:
+            n = left
+        if n > left:
+            raise ShortChainError(f"read of {n} bytes, only {left} readable bytes left")
+        self._pos = start + n
         return start
 
     def read(self, n: int = -1) -> bytes:
@@ -235,9 +233,10 @@ class ChainWriter:
     def write_at_end(self, data: BytesLike | ctypes.Structure) -> int:
         """Write ``data`` so that it ends at the end of the still-unused writable area."""
         src = _as_bytes_array(data)
-        if len(src) > self.remaining:
-            raise ShortChainError(f"tail write of {len(src)} bytes, only {self.remaining} writable bytes left")
-        self._end -= len(src)
+        n = len(src)
+        if n > self._end - self._pos:
+            raise ShortChainError(f"tail write of {n} bytes, only {self.remaining} writable bytes left")
+        self._end -= n
         self._copy(self._end, src)
-        self._tail += len(src)
-        return len(src)
+        self._tail += n
+        return n

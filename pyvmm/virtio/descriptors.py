@@ -47,6 +47,9 @@ def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]
     """Zero-copy views of ``[addr, addr+length)``, one per memory region it crosses."""
     if addr + length > _U64:
         raise GuestMemoryError(f"guest buffer {addr:#x}+{length:#x} overflows 64 bits")
+    view = memory.single_view(addr, length)
+    if view is not None:
+        return [view]
     views = []
     end = addr + length
     while addr < end:

@@ -212,12 +212,18 @@ class RealTimeClock:
         self.callback(self.tick)
 
 
+FAST_BATCH = 16
+"""Fast clock: periods consumed per event-loop turn at most, so other work on the loop (kicks,
+other streams, the monitor) waits for at most this many periods' work."""
+
+
 class FastClock:
     """Ticks through ``call_soon`` whenever work is available.
 
-    The callback returns True when it consumed a period and more may be waiting, which
-    schedules another tick; :meth:`notify` schedules one when new work arrives. At most
-    one tick is ever scheduled.
+    The callback returns True when it consumed a period and more may be waiting: the clock
+    then ticks again at once, up to :data:`FAST_BATCH` ticks per loop turn (a loop turn per
+    period would cost more than the period's work), and schedules another turn for the rest;
+    :meth:`notify` schedules one when new work arrives. At most one turn is ever scheduled.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, callback: TickCallback, name: str = "fast-clock"):
@@ -267,7 +273,9 @@ class FastClock:
 
     def _fire(self) -> None:
         self._handle = None
-        self.tick += 1
-        self.stats.record(self._requested_at, self.loop.time(), self.late_threshold)
-        if self.callback(self.tick):
-            self.notify()
+        for _ in range(FAST_BATCH):
+            self.tick += 1
+            self.stats.record(self._requested_at, self.loop.time(), self.late_threshold)
+            if not self.callback(self.tick) or not self._active:
+                return
+        self.notify()

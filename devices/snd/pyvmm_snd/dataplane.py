@@ -80,9 +80,12 @@ class PcmDataPlane:
     def process(self, queue_index: QueueIndex) -> None:
         """Take every new chain off the tx or rx queue."""
         queue = self.ctx.queues[queue_index]
+        refused = False
         while (chain := queue.pop()) is not None:
-            self.accept(queue_index, chain)
-        self.ctx.signal_used(queue_index)
+            if self.accept(queue_index, chain) is not Status.OK:
+                refused = True
+        if refused:  # held messages are completed (and signalled) by their stream's clock
+            self.ctx.signal_used(queue_index)
 
     def accept(self, queue_index: QueueIndex, chain: DescriptorChain) -> Status:
         """Every check an I/O message goes through, in order; OK means it is held by its stream,

@@ -117,8 +117,10 @@ class SoundDevice(VirtioDevice):
             self.control_plane.process(self.ctx)
         elif queue_index == QueueIndex.EVENT:
             self.events.refill()
-        elif queue_index in (QueueIndex.TX, QueueIndex.RX):
-            self._process_io(QueueIndex(queue_index))
+        elif queue_index == QueueIndex.TX:
+            self._process_io(QueueIndex.TX)
+        elif queue_index == QueueIndex.RX:
+            self._process_io(QueueIndex.RX)
         else:
             self._warn("virtio-snd: notify on queue %d, which does not exist", queue_index)
 

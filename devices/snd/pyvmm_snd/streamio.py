@@ -106,6 +106,8 @@ class StreamIo:
         and filling the guest's buffers faster than that overruns it (arecord restarts)."""
         self.gain = gain
         self.report_xrun = report_xrun
+        self.playback = stream.direction == Direction.OUTPUT
+        """The stream's direction is fixed by its configuration."""
         self.stats = StreamIoStats()
         self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
         self.held: deque[IoMessage] = deque()
@@ -131,10 +133,6 @@ class StreamIo:
         self.frozen = False
         """The VM is paused (QMP ``stop``): the clock stands still until :meth:`thaw`."""
         self._thaw_clock = False
-
-    @property
-    def playback(self) -> bool:
-        return self.stream.direction == Direction.OUTPUT
 
     # -- the gate --------------------------------------------------------------------------------
 
@@ -298,7 +296,7 @@ class StreamIo:
         """One period; returns True when more messages wait (the fast clock ticks again)."""
         if self.stream.state != StreamState.STARTED:
             return False
-        if not self.held or self._capture_would_wrap():
+        if not self.held or (not self.playback and self._capture_would_wrap()):
             if self.clock_kind != "fast":
                 self._xrun()
             return False
