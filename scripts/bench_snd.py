@@ -1,41 +1,70 @@
 #!/usr/bin/env python3
-"""virtio-snd data-plane benchmark, device side, driven by the Python driver model
-(``tests/snd/snd_driver.py``) on a real asyncio loop. Prints figures, asserts nothing.
+"""virtio-snd data-path benchmark: prints figures, asserts nothing.
 
-* real time: one 48 kHz stereo S16 playback stream (10 ms periods, the driver keeps 4
-  queued) for N seconds: wall time of N seconds of audio (ratio, target 1.00 +- 0.02), the
-  clock's mean period error and p99/max lateness, and the process CPU % for that stream;
+The device side is driven by the Python driver model (``tests/snd/snd_driver.py``) on a real
+asyncio loop; every scenario runs ``--runs`` times (default 3) and the median is printed with
+the spread, and the machine's load average is printed before and after.
+
+* real time: one 48 kHz stereo S16 playback stream, 10 ms periods, the driver keeping 4
+  queued: wall time for N seconds of audio (ratio, target 1.00), completion lateness against
+  each period's deadline (p50/p99/max), and the device's CPU (kick handling + clock ticks,
+  thread CPU time) per second of audio;
 * minimum period: the device CPU of one real-time stream at the shortest period the device
-  accepts (1 ms), next to 10 ms, for 48 kHz stereo S16 and 192 kHz 8-channel S32;
-* fast clock throughput: 48 kHz stereo S16 and 192 kHz 8-channel S32 playback into the
-  null back end, MB/s and multiples of real time (driver model + device; the guest side
-  of a real VM costs extra).
+  accepts (1 ms) next to 10 ms, for 48 kHz stereo S16 and 192 kHz 8-channel S32;
+* fast clock: 48 kHz stereo S16 and 192 kHz 8-channel S32 playback as fast as the driver
+  model feeds it, into the ``null`` and the ``wav`` back end (multiples of real time, the
+  device's CPU per period, and wav/null);
+* ``--guest-seconds N``: the real driver (QEMU TCG + ``pyvmm vhost-user``) plays N seconds of
+  48 kHz stereo S16 in real time; prints ``time aplay``, the frames the host WAV got and the
+  back end process's CPU; ``--profile`` samples the back end meanwhile with py-spy and prints
+  its top functions.
 
-* ``--guest-seconds N``: the real guest driver (QEMU TCG + vhost-user, ``tests/qemu_harness.py``)
-  plays N seconds of 48 kHz stereo S16 (10 ms periods) with the real-time clock into a WAV; prints the
-  guest's ``time aplay`` and the frames the host WAV received.
+``--save FILE`` writes the medians as JSON; ``--compare FILE`` prints them next to a saved
+run (a regression shows in one command)::
 
-    python3 scripts/bench_snd.py [--seconds 5] [--fast-seconds 20] [--backend null] [--guest-seconds 0]
+    python3 scripts/bench_snd.py --save before.json            # on the old tree
+    python3 scripts/bench_snd.py --compare before.json         # on the new one
+    python3 scripts/bench_snd.py --only fast --runs 5
+    python3 scripts/bench_snd.py --only guest --guest-seconds 10 --profile
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "snd"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "snd"))
 
 from snd_driver import SndDriver  # noqa: E402
 
-from pyvmm_snd.device import SoundDevice  # noqa: E402
 from pyvmm_snd import spec  # noqa: E402
+from pyvmm_snd.device import SoundDevice  # noqa: E402
 from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode, Status  # noqa: E402
 from pyvmm_snd.stream import MIN_PERIOD_US  # noqa: E402
 
 QUEUED = 4
+SCENARIOS = ("realtime", "minimum", "fast", "guest")
+
+FORMATS = {
+    "48k-s16x2": ("48 kHz stereo S16", PcmRate.RATE_48000, 2, PcmFormat.S16, 2),
+    "192k-s32x8": ("192 kHz 8-ch S32", PcmRate.RATE_192000, 8, PcmFormat.S32, 4),
+}
+
+LOWER_IS_BETTER = ("_us", "_pct", "ratio_error")
+
+
+# -- the driver side ------------------------------------------------------------------------------
 
 
 def recycle_buffers(queue, per_size: int = 4 * QUEUED) -> None:
@@ -60,10 +89,10 @@ def recycle_buffers(queue, per_size: int = 4 * QUEUED) -> None:
     queue.buffer = buffer
 
 
-def make_driver(loop, clock: str, backend: str, channels: int, fmt: PcmFormat, rate: PcmRate,
+def make_driver(loop, clock: str, options: dict[str, str], channels: int, fmt: PcmFormat, rate: PcmRate,
                 period_bytes: int) -> SndDriver:
-    device = SoundDevice({"clock": clock, "backend": backend, "capture.backend": "null", "channels": "1-8",
-                          "formats": "s16+s32"})
+    device = SoundDevice({"clock": clock, "capture.backend": "null", "channels": "1-8", "formats": "s16+s32",
+                          **options})
     d = SndDriver(device, loop=loop)
     recycle_buffers(d.queues[QueueIndex.TX])
     d.start()
@@ -120,75 +149,51 @@ def count_device_cpu(d: SndDriver) -> list[float]:
     return spent
 
 
-def real_time(seconds: float, backend: str, period_frames: int = 480, rate: PcmRate = PcmRate.RATE_48000,
-              channels: int = 2, fmt: PcmFormat = PcmFormat.S16, sample_bytes: int = 2, brief: bool = False) -> float:
-    """One real-time playback stream; returns the device CPU (% of one core) it cost."""
-    loop = asyncio.new_event_loop()
+# -- scenarios (one run each; main() repeats them) ---------------------------------------------------
+
+
+def real_time(seconds: float, key: str = "48k-s16x2", period_ms: float = 10.0,
+              options: dict[str, str] | None = None) -> dict[str, float]:
+    """One real-time playback stream."""
+    _, rate, channels, fmt, width = FORMATS[key]
     rate_hz = spec.RATE_HZ[rate]
-    period_bytes = period_frames * channels * sample_bytes
+    period_frames = -(-round(period_ms * 1000) * rate_hz // 1_000_000)
+    period_bytes = period_frames * channels * width
     period_s = period_frames / rate_hz
-    with make_driver(loop, "realtime", backend, channels, fmt, rate, period_bytes) as d:
-        device_cpu = count_device_cpu(d)
-        cpu0 = time.process_time()
-        elapsed, clock = loop.run_until_complete(play(d, period_bytes, seconds, period_s, min(0.002, period_s / 2)))
-        cpu = time.process_time() - cpu0
-        stats = clock.stats.summary()
-        clock_stats = d.device.dataplane.io[0]
-    loop.close()
-    label = (f"{rate_hz / 1000:g} kHz {channels}-ch {fmt.name}, {period_s * 1e3:g} ms periods "
-             f"({period_frames} frames)")
-    device = 100 * device_cpu[0] / seconds  # per second of audio: stays right if a loaded machine ran late
-    if brief:
-        print(f"  {label}: device CPU {device:.2f} % of one core per second of audio ({device_cpu[0] * 1e6 / (seconds / period_s):.0f} us per period); "
-              f"{seconds:.1f} s of audio in {elapsed:.3f} s "
-              f"(ratio {elapsed / seconds:.4f}); lateness p99 {stats['p99_lateness_us']:.0f} us; "
-              f"xruns {clock_stats.stats.xruns}")
-        return device
-    print(f"real time, {label}, backend {backend}:")
-    print(f"  {seconds:.1f} s of audio took {elapsed:.3f} s wall (ratio {elapsed / seconds:.4f})")
-    print(f"  completions: mean period error {stats['mean_period_error_us']:+.1f} us, lateness p50 "
-          f"{stats['p50_lateness_us']:.0f} us, p99 {stats['p99_lateness_us']:.0f} us, "
-          f"max {stats['max_lateness_us']:.0f} us, late ticks {stats['late_ticks']:.0f}, "
-          f"re-bases {clock.stats.resyncs} (periods skipped {clock.stats.skipped_ticks})")
-    print(f"  device CPU {device:.2f} % of one core for this stream (kicks + ticks); "
-          f"whole process {100 * cpu / elapsed:.1f} % (with the driver model and its poll loop); "
-          f"xruns {clock_stats.stats.xruns}")
-    return device
-
-
-def minimum_period(seconds: float, backend: str) -> None:
-    """Device CPU per stream at the shortest period the device accepts (MIN_PERIOD_US), next to
-    the driver's usual 10 ms, in one run: the cost grows as 1/period."""
-    print(f"device CPU per real-time stream, minimum period {MIN_PERIOD_US} us vs 10 ms, backend {backend}:")
-    for label, rate, rate_hz, channels, fmt, width in (
-            ("48 kHz stereo S16", PcmRate.RATE_48000, 48000, 2, PcmFormat.S16, 2),
-            ("192 kHz 8-ch S32", PcmRate.RATE_192000, 192000, 8, PcmFormat.S32, 4)):
-        minimum = -(-MIN_PERIOD_US * rate_hz // 1_000_000)
-        at_min = real_time(seconds, backend, minimum, rate, channels, fmt, width, brief=True)
-        usual = real_time(seconds, backend, rate_hz // 100, rate, channels, fmt, width, brief=True)
-        print(f"  {label}: {at_min:.2f} % at {MIN_PERIOD_US / 1000:g} ms vs {usual:.2f} % at 10 ms "
-              f"(x{at_min / usual if usual else float('nan'):.1f})")
-
-
-def throughput(label: str, seconds: float, backend: str, channels: int, fmt: PcmFormat, rate: PcmRate,
-               rate_hz: int, sample_bytes: int) -> None:
-    period_frames = rate_hz // 100
-    period_bytes = period_frames * channels * sample_bytes
     loop = asyncio.new_event_loop()
-    with make_driver(loop, "fast", backend, channels, fmt, rate, period_bytes) as d:
+    with make_driver(loop, "realtime", options or {"backend": "null"}, channels, fmt, rate, period_bytes) as d:
+        device_cpu = count_device_cpu(d)
+        elapsed, clock = loop.run_until_complete(play(d, period_bytes, seconds, period_s, min(0.002, period_s / 2)))
+        stats = clock.stats.summary()
+        xruns = d.device.dataplane.io[0].stats.xruns
+    loop.close()
+    periods = seconds / period_s
+    return {"wall_ratio": elapsed / seconds, "lateness_p50_us": stats["p50_lateness_us"],
+            "lateness_p99_us": stats["p99_lateness_us"], "lateness_max_us": stats["max_lateness_us"],
+            "device_cpu_pct": 100 * device_cpu[0] / seconds,  # per second of audio: right even if a run ran late
+            "device_us_per_period": device_cpu[0] * 1e6 / periods, "xruns": float(xruns)}
+
+
+def fast(seconds: float, key: str, options: dict[str, str]) -> dict[str, float]:
+    """Playback on the fast clock: as fast as the driver model feeds it."""
+    _, rate, channels, fmt, width = FORMATS[key]
+    rate_hz = spec.RATE_HZ[rate]
+    period_bytes = rate_hz // 100 * channels * width
+    loop = asyncio.new_event_loop()
+    with make_driver(loop, "fast", options, channels, fmt, rate, period_bytes) as d:
+        device_cpu = count_device_cpu(d)
         elapsed, _ = loop.run_until_complete(play(d, period_bytes, seconds, 0.010, 0))
     loop.close()
-    nbytes = seconds * rate_hz * channels * sample_bytes
-    print(f"fast clock, {label}, backend {backend}: {seconds:.0f} s of audio in {elapsed:.3f} s = "
-          f"{nbytes / elapsed / 1e6:.1f} MB/s, {seconds / elapsed:.0f} x real time")
+    return {"x_real_time": seconds / elapsed, "MB_per_s": seconds * rate_hz * channels * width / elapsed / 1e6,
+            "device_us_per_period": device_cpu[0] * 1e6 / (seconds * 100)}
 
 
-def guest_real_time(seconds: float) -> None:
+def guest(seconds: float, profile: bool) -> dict[str, float]:
+    """The real driver under QEMU TCG + pyvmm's vhost-user back end, 48 kHz stereo S16, 10 ms periods."""
     import re
-    import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "snd_dataplane"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "snd_dataplane"))
     from guest_helpers import image_with_files, noise, wav_data
     from qemu_harness import guest_and_qemu, qemu_sound_guest
 
@@ -196,34 +201,174 @@ def guest_real_time(seconds: float) -> None:
     image, qemu = guest_and_qemu()
     audio = noise(int(48000 * seconds) * 4, seed=1)
     image = image_with_files(image, {"/test/bench.raw": audio}, work)
+    sampler = None
     with qemu_sound_guest({"backend.path": str(work / "out{stream}.wav"), "capture.backend": "null"},
-                          image=image, qemu=qemu) as guest:
-        out = guest.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 --period-size=480 "
-                                "--buffer-size=1920 /test/bench.raw",
-                                timeout=seconds * 3 + 60).output
+                          image=image, qemu=qemu) as g:
+        pid = g.backend.pid
+        cpu0 = _process_cpu(pid)
+        if profile:
+            sampler = _start_py_spy(pid, seconds * 3 + 60, work / "profile.txt")
+        out = g.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 --period-size=480 "
+                            "--buffer-size=1920 /test/bench.raw", timeout=seconds * 3 + 60).output
+        backend_cpu = _process_cpu(pid) - cpu0
+        if sampler is not None:
+            sampler.terminate()
+            sampler.wait(timeout=30)
     match = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
     wall = int(match.group(1)) * 60 + float(match.group(2)) if match else float("nan")
     _, data = wav_data(work / "out0.wav")
-    print(f"guest (QEMU TCG, real driver, real-time clock): 'time aplay' of {seconds:.1f} s of audio: "
-          f"{wall:.2f} s (ratio {wall / seconds:.4f}); host WAV got {len(data) / 4 / 48000:.3f} s "
-          f"({len(data) - len(audio)} bytes of end padding)")
+    figures = {"aplay_wall_ratio": wall / seconds, "wav_seconds": len(data) / 4 / 48000,
+               "backend_cpu_pct": 100 * backend_cpu / wall}
+    if sampler is not None:
+        _print_profile(work / "profile.txt")
+    shutil.rmtree(work, ignore_errors=True)
+    return figures
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_py_spy(pid: int, duration: float, out: Path) -> subprocess.Popen | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("bench_snd: --profile needs py-spy (pip install py-spy): no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+                             "--duration", str(int(duration)), "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _print_profile(path: Path, top: int = 15) -> None:
+    """py-spy's collapsed stacks as the functions that held the CPU (self) and their callers' share."""
+    if not path.exists():
+        print("  (py-spy wrote no profile)")
+        return
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any("idle" in f or "select (selectors.py" in f or "poll (" in f for f in frames[-1:]):
+            continue
+        own[frames[-1]] += int(count)
+        total += int(count)
+    print(f"  back end profile (py-spy, {total} busy samples at 1 kHz; self time of the top functions):")
+    for name, count in own.most_common(top):
+        print(f"    {100 * count / max(total, 1):5.1f} %  {name}")
+
+
+# -- running, printing, comparing ---------------------------------------------------------------------
+
+
+def collect(args) -> dict[str, dict[str, float]]:
+    """``{scenario label: {figure: median}}``, printing each scenario as it finishes."""
+    results: dict[str, dict[str, float]] = {}
+    wav_dir = Path(tempfile.mkdtemp(prefix="bench-snd-wav-"))
+    wav_runs = iter(range(1 << 30))
+
+    def wav():  # a new file per run: the previous run's device may not be collected yet
+        return {"backend": "wav", "backend.path": str(wav_dir / f"run{next(wav_runs)}-out{{stream}}.wav")}
+    jobs = []
+    if "realtime" in args.only:
+        jobs.append(("real time, 48 kHz stereo S16, 10 ms periods, null",
+                     lambda: real_time(args.seconds)))
+    if "minimum" in args.only:
+        for key, (label, *_rest) in FORMATS.items():
+            jobs.append((f"real time, {label}, {MIN_PERIOD_US / 1000:g} ms periods (the minimum), null",
+                         lambda key=key: real_time(args.seconds, key, MIN_PERIOD_US / 1000)))
+            if key != "48k-s16x2" or "realtime" not in args.only:
+                jobs.append((f"real time, {label}, 10 ms periods, null", lambda key=key: real_time(args.seconds, key)))
+    if "fast" in args.only:
+        for key, (label, *_rest) in FORMATS.items():
+            jobs.append((f"fast clock, {label}, null", lambda key=key: fast(args.fast_seconds, key, {"backend": "null"})))
+            jobs.append((f"fast clock, {label}, wav", lambda key=key: fast(args.fast_seconds, key, wav())))
+    if "guest" in args.only and args.guest_seconds:
+        jobs.append((f"guest aplay {args.guest_seconds:g} s (QEMU TCG + vhost-user), 48 kHz stereo S16, 10 ms",
+                     lambda: guest(args.guest_seconds, args.profile)))
+    try:
+        for label, job in jobs:
+            runs = [job() for _ in range(1 if label.startswith("guest") else args.runs)]
+            medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+            results[label] = medians
+            print(label)
+            for name, value in medians.items():
+                values = [r[name] for r in runs]
+                spread = f"  ({_fmt(min(values))} .. {_fmt(max(values))} over {len(runs)})" if len(runs) > 1 else ""
+                print(f"  {name:<22} {_fmt(value):>10}{spread}", flush=True)
+    finally:
+        shutil.rmtree(wav_dir, ignore_errors=True)
+    for key, (label, *_rest) in FORMATS.items():
+        null, wav_run = results.get(f"fast clock, {label}, null"), results.get(f"fast clock, {label}, wav")
+        if null and wav_run:
+            print(f"fast clock, {label}: wav takes {null['x_real_time'] / wav_run['x_real_time']:.2f}x "
+                  f"the time of null")
+    return results
+
+
+def _fmt(value: float) -> str:
+    if value != value:
+        return "nan"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def compare(results: dict[str, dict[str, float]], reference: dict) -> None:
+    ref = reference["results"]
+    print(f"\ncompared with {reference.get('label', 'the reference')} "
+          f"(load average then {reference.get('load', '?')}):")
+    print(f"  {'figure':<56} {'reference':>10} {'now':>10}  change")
+    for label, figures in results.items():
+        for name, value in figures.items():
+            old = ref.get(label, {}).get(name)
+            if old is None:
+                continue
+            change = f"x{value / old:.2f}" if old else ""
+            if old and name.endswith(LOWER_IS_BETTER) and value > old * 1.1 or \
+                    old and not name.endswith(LOWER_IS_BETTER) and name != "xruns" and value < old / 1.1:
+                change += "  worse"
+            print(f"  {(label[:40] + ': ' + name):<56} {_fmt(old):>10} {_fmt(value):>10}  {change}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="audio played in the real-time run")
+    parser.add_argument("--runs", type=int, default=3, help="runs per scenario; medians are printed (default 3)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="audio played in each real-time run")
     parser.add_argument("--fast-seconds", type=float, default=20.0, help="audio played in each fast run")
-    parser.add_argument("--backend", default="null", help="playback back end (null, wav needs backend.path)")
     parser.add_argument("--guest-seconds", type=float, default=0.0,
-                        help="also time aplay of this much audio in a QEMU guest (0: skip)")
+                        help="also play this much audio with the real driver in a QEMU guest (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="with --guest-seconds: sample the back end (py-spy)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
+    parser.add_argument("--save", metavar="FILE", help="write the medians as JSON")
+    parser.add_argument("--compare", metavar="FILE", help="print the medians next to a saved run")
+    parser.add_argument("--label", default="", help="a name for --save (default: the git commit)")
     args = parser.parse_args()
-    if args.guest_seconds:
-        guest_real_time(args.guest_seconds)
-    real_time(args.seconds, args.backend)
-    minimum_period(args.seconds, args.backend)
-    throughput("48 kHz stereo S16", args.fast_seconds, args.backend, 2, PcmFormat.S16, PcmRate.RATE_48000, 48000, 2)
-    throughput("192 kHz 8-ch S32", args.fast_seconds, args.backend, 8, PcmFormat.S32, PcmRate.RATE_192000,
-               192000, 4)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = [s for s in args.only if s not in SCENARIOS]
+    if bad or args.runs < 1:
+        parser.error(f"unknown scenario {bad[0]!r}" if bad else "--runs must be >= 1")
+    reference = None
+    if args.compare:
+        try:
+            reference = json.loads(Path(args.compare).read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(f"--compare {args.compare}: {exc}")
+    load = "%.2f %.2f %.2f" % os.getloadavg()
+    print(f"bench_snd: {args.runs} runs per scenario, medians; load average {load} ({os.cpu_count()} CPUs)")
+    results = collect(args)
+    load_after = "%.2f %.2f %.2f" % os.getloadavg()
+    print(f"bench_snd: load average at the end {load_after}")
+    if reference is not None:
+        compare(results, reference)
+    if args.save:
+        label = args.label or subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                                             capture_output=True, text=True).stdout.strip()
+        Path(args.save).write_text(json.dumps({"label": label, "load": f"{load} / {load_after}",
+                                               "runs": args.runs, "results": results}, indent=1) + "\n")
+        print(f"bench_snd: saved to {args.save}")
 
 
 if __name__ == "__main__":

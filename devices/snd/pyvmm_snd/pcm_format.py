@@ -214,7 +214,7 @@ def convert(data: bytes, src: int, dst: int) -> bytes:
     Integer to integer is exact when widening and truncates (arithmetic shift) when narrowing.
     """
     if src == dst:
-        return bytes(data)
+        return data if isinstance(data, bytes) else bytes(data)
     s, d = sample_format(src), sample_format(dst)
     if s.is_float or d.is_float:
         return from_float(to_float(data, src, np.float64), dst)

@@ -25,6 +25,7 @@ mask is 0 (unassigned) beyond stereo because the guest's ALSA channel order is k
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -117,7 +118,7 @@ class WavLayout:
 def build_header(layout: WavLayout, data_size: int) -> bytes:
     """RIFF header, ``fmt``, ``fact`` (non-PCM tags) and the ``data`` chunk header for
     ``data_size`` bytes of samples; its length depends only on ``layout``."""
-    chunks = layout.fmt_chunk()
+    chunks = _fmt_chunk(layout)
     if layout.format_tag != WAVE_FORMAT_PCM:
         chunks += b"fact" + struct.pack("<II", 4, data_size // layout.frame_bytes)
     chunks += b"data" + struct.pack("<I", data_size)
@@ -125,8 +126,15 @@ def build_header(layout: WavLayout, data_size: int) -> bytes:
     return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + chunks
 
 
+@functools.cache
 def header_size(layout: WavLayout) -> int:
     return len(build_header(layout, 0))
+
+
+@functools.cache
+def _fmt_chunk(layout: WavLayout) -> bytes:
+    """The same for every period of a file: the WAV sink rewrites the header after each one."""
+    return layout.fmt_chunk()
 
 
 @dataclass(frozen=True)
