@@ -16,8 +16,11 @@ the spread, and the machine's load average is printed before and after.
   device's CPU per period, and wav/null);
 * ``--guest-seconds N``: the real driver (QEMU TCG + ``pyvmm vhost-user``) plays N seconds of
   48 kHz stereo S16 in real time; prints ``time aplay``, the frames the host WAV got and the
-  back end process's CPU; ``--profile`` samples the back end meanwhile with py-spy and prints
-  its top functions.
+  back end process's CPU.
+
+``--profile`` adds one cProfile'd run of the real-time and the fast scenario (the device's own
+functions, per period) and, with ``--guest-seconds``, samples the back end process with py-spy
+while the guest plays.
 
 ``--save FILE`` writes the medians as JSON; ``--compare FILE`` prints them next to a saved
 run (a regression shows in one command)::
@@ -35,6 +38,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -130,16 +134,25 @@ async def play(d: SndDriver, period_bytes: int, seconds_of_audio: float, period_
     return elapsed, clock
 
 
+PROFILER = None
+"""A cProfile.Profile enabled only inside the device's entry points (``--profile``)."""
+
+
 def count_device_cpu(d: SndDriver) -> list[float]:
-    """Wrap the device's entry points (kick handling, clock ticks) to sum their thread CPU time."""
+    """Wrap the device's entry points (kick handling, clock ticks) to sum their thread CPU time
+    (and profile them when PROFILER is set)."""
     spent = [0.0]
 
     def timed(fn):
         def wrapper(*args):
             t = time.thread_time()
+            if PROFILER is not None:
+                PROFILER.enable()
             try:
                 return fn(*args)
             finally:
+                if PROFILER is not None:
+                    PROFILER.disable()
                 spent[0] += time.thread_time() - t
         return wrapper
 
@@ -212,8 +225,11 @@ def guest(seconds: float, profile: bool) -> dict[str, float]:
                             "--buffer-size=1920 /test/bench.raw", timeout=seconds * 3 + 60).output
         backend_cpu = _process_cpu(pid) - cpu0
         if sampler is not None:
-            sampler.terminate()
-            sampler.wait(timeout=30)
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not on SIGTERM
+            try:
+                sampler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
     match = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
     wall = int(match.group(1)) * 60 + float(match.group(2)) if match else float("nan")
     _, data = wav_data(work / "out0.wav")
@@ -223,6 +239,32 @@ def guest(seconds: float, profile: bool) -> dict[str, float]:
         _print_profile(work / "profile.txt")
     shutil.rmtree(work, ignore_errors=True)
     return figures
+
+
+def profile_device(args, top: int = 12) -> None:
+    """One extra run of the real-time and the fast scenario with cProfile inside the device's
+    entry points: the functions with the most own time, per period."""
+    import cProfile
+    import pstats
+
+    global PROFILER
+    for label, periods, job in (
+            ("real time, 48 kHz stereo S16, 10 ms periods", args.seconds * 100, lambda: real_time(args.seconds)),
+            ("fast clock, 48 kHz stereo S16, null", args.fast_seconds * 100,
+             lambda: fast(args.fast_seconds, "48k-s16x2", {"backend": "null"}))):
+        PROFILER = cProfile.Profile()
+        try:
+            job()
+        finally:
+            profiler, PROFILER = PROFILER, None
+        stats = pstats.Stats(profiler)
+        rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+        calls = sum(v[1] for v in stats.stats.values())
+        print(f"device profile (cProfile, {label}): {calls / periods:.0f} calls per period; own time per period "
+              f"(cProfile's overhead included, compare the shares):")
+        for (filename, line, name), (_cc, ncalls, tottime, _ct, _callers) in rows:
+            where = f"{Path(filename).parent.name}/{Path(filename).name}:{line}" if line else filename
+            print(f"  {tottime * 1e6 / periods:7.2f} us  {ncalls / periods:5.1f} calls  {name}  ({where})")
 
 
 def _process_cpu(pid: int) -> float:
@@ -238,13 +280,14 @@ def _start_py_spy(pid: int, duration: float, out: Path) -> subprocess.Popen | No
         return None
     return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
                              "--duration", str(int(duration)), "--output", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".log"), "wb"))
 
 
 def _print_profile(path: Path, top: int = 15) -> None:
     """py-spy's collapsed stacks as the functions that held the CPU (self) and their callers' share."""
     if not path.exists():
-        print("  (py-spy wrote no profile)")
+        log = path.with_suffix(".log")
+        print(f"  (py-spy wrote no profile: {log.read_text().strip()[-300:] if log.exists() else ''})")
         return
     own: Counter[str] = Counter()
     total = 0
@@ -340,7 +383,8 @@ def main() -> None:
     parser.add_argument("--fast-seconds", type=float, default=20.0, help="audio played in each fast run")
     parser.add_argument("--guest-seconds", type=float, default=0.0,
                         help="also play this much audio with the real driver in a QEMU guest (0: skip)")
-    parser.add_argument("--profile", action="store_true", help="with --guest-seconds: sample the back end (py-spy)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the device (cProfile) and, with --guest-seconds, the back end (py-spy)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
     parser.add_argument("--save", metavar="FILE", help="write the medians as JSON")
     parser.add_argument("--compare", metavar="FILE", help="print the medians next to a saved run")
@@ -359,6 +403,8 @@ def main() -> None:
     load = "%.2f %.2f %.2f" % os.getloadavg()
     print(f"bench_snd: {args.runs} runs per scenario, medians; load average {load} ({os.cpu_count()} CPUs)")
     results = collect(args)
+    if args.profile:
+        profile_device(args)
     load_after = "%.2f %.2f %.2f" % os.getloadavg()
     print(f"bench_snd: load average at the end {load_after}")
     if reference is not None:
