@@ -108,7 +108,7 @@ def make_driver(loop, clock: str, options: dict[str, str], channels: int, fmt: P
 
 async def play(d: SndDriver, period_bytes: int, seconds_of_audio: float, period_s: float, poll: float):
     """Queue periods, refill as they complete, until ``seconds_of_audio`` played; returns the
-    wall seconds and the stream's clock."""
+    wall seconds, the stream's clock and the kicks the driver had to send."""
     total = round(seconds_of_audio / period_s)
     frames = bytes(range(256)) * (period_bytes // 256) + bytes(period_bytes % 256)
     queued = done = 0
@@ -119,19 +119,23 @@ async def play(d: SndDriver, period_bytes: int, seconds_of_audio: float, period_
     start = time.perf_counter()
     assert d.pcm(RequestCode.PCM_START, 0) == Status.OK
     clock = d.device.dataplane.io[0].clock
+    tx = d.queues[QueueIndex.TX]
+    kicks = 0
     while done < total:
         await asyncio.sleep(poll)
         completed = len(d.collect(QueueIndex.TX))
         done += completed
+        old_avail = tx.avail_idx
         for _ in range(min(completed, total - queued)):
             d.add_tx(0, frames)
             queued += 1
-        if completed:
+        if completed and tx.needs_kick(old_avail):  # as Linux does (virtqueue_kick_prepare)
+            kicks += 1
             d.device.queue_notify(QueueIndex.TX)
     elapsed = time.perf_counter() - start
     d.pcm(RequestCode.PCM_STOP, 0)
     d.pcm(RequestCode.PCM_RELEASE, 0)
-    return elapsed, clock
+    return elapsed, clock, kicks
 
 
 PROFILER = None
@@ -176,12 +180,13 @@ def real_time(seconds: float, key: str = "48k-s16x2", period_ms: float = 10.0,
     loop = asyncio.new_event_loop()
     with make_driver(loop, "realtime", options or {"backend": "null"}, channels, fmt, rate, period_bytes) as d:
         device_cpu = count_device_cpu(d)
-        elapsed, clock = loop.run_until_complete(play(d, period_bytes, seconds, period_s, min(0.002, period_s / 2)))
+        elapsed, clock, kicks = loop.run_until_complete(
+            play(d, period_bytes, seconds, period_s, min(0.002, period_s / 2)))
         stats = clock.stats.summary()
         xruns = d.device.dataplane.io[0].stats.xruns
     loop.close()
     periods = seconds / period_s
-    return {"wall_ratio": elapsed / seconds, "lateness_p50_us": stats["p50_lateness_us"],
+    return {"wall_ratio": elapsed / seconds, "kicks_per_period": kicks / periods, "lateness_p50_us": stats["p50_lateness_us"],
             "lateness_p99_us": stats["p99_lateness_us"], "lateness_max_us": stats["max_lateness_us"],
             "device_cpu_pct": 100 * device_cpu[0] / seconds,  # per second of audio: right even if a run ran late
             "device_us_per_period": device_cpu[0] * 1e6 / periods, "xruns": float(xruns)}
@@ -195,7 +200,7 @@ def fast(seconds: float, key: str, options: dict[str, str]) -> dict[str, float]:
     loop = asyncio.new_event_loop()
     with make_driver(loop, "fast", options, channels, fmt, rate, period_bytes) as d:
         device_cpu = count_device_cpu(d)
-        elapsed, _ = loop.run_until_complete(play(d, period_bytes, seconds, 0.010, 0))
+        elapsed, _, _ = loop.run_until_complete(play(d, period_bytes, seconds, 0.010, 0))
     loop.close()
     return {"x_real_time": seconds / elapsed, "MB_per_s": seconds * rate_hz * channels * width / elapsed / 1e6,
             "device_us_per_period": device_cpu[0] * 1e6 / (seconds * 100)}

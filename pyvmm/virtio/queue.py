@@ -125,6 +125,8 @@ class SplitQueue:
         self.broken = False
         self.in_flight = 0
         """Chains :meth:`pop` returned that the device has not given back (:meth:`add_used`)."""
+        self.notify_wanted = True
+        """False while the device polls the ring on its own (:meth:`suppress_notifications`)."""
         self._turn_left: int | None = None
         self._turn_exhausted = False
         self._signalled_used = 0
@@ -174,7 +176,9 @@ class SplitQueue:
         self._signalled_valid = False
         self.broken = False
         self.ready = True
-        if self.event_idx:
+        if not self.notify_wanted:
+            self.suppress_notifications()  # the device polls (the rings moved: vhost-user remapped them)
+        elif self.event_idx:
             self.set_avail_event(self.next_avail)  # kick me for the first buffer (matters after takeover)
 
     def disable(self) -> None:
@@ -211,8 +215,21 @@ class SplitQueue:
         """Without EVENT_IDX: VIRTQ_USED_F_NO_NOTIFY tells the driver kicks are not needed."""
         self._used16[0] = C.VIRTQ_USED_F_NO_NOTIFY if suppress else 0
 
+    def suppress_notifications(self) -> None:
+        """The device will look at the ring on its own (a period clock pops before it consumes):
+        ask the driver not to kick (spec 2.7.10: VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX an
+        avail_event the avail idx has already passed) until :meth:`enable_notification`."""
+        self.notify_wanted = False
+        if not self.ready or self.broken:
+            return
+        if self.event_idx:
+            self.set_avail_event(self.next_avail - 1)
+        else:
+            self.set_no_notify(True)
+
     def enable_notification(self) -> bool:
         """Ask for a kick on the next new buffer; True if buffers arrived meanwhile (pop again)."""
+        self.notify_wanted = True
         if not self.ready or self.broken:
             return False
         if self.event_idx:
@@ -238,7 +255,7 @@ class SplitQueue:
                 return None
             avail_idx = self.avail_idx()
             if avail_idx == self.next_avail:
-                if not self.event_idx or not self.enable_notification():
+                if not self.event_idx or not self.notify_wanted or not self.enable_notification():
                     return None
                 continue
             if self._turn_left is not None:
@@ -251,7 +268,7 @@ class SplitQueue:
             except _BrokenRing as e:
                 self._fault(e.kind, str(e))
                 return None
-            if self.event_idx:
+            if self.event_idx and self.notify_wanted:
                 self.set_avail_event(self.next_avail)
             try:
                 chain = parse_chain(self.memory, self._desc, self.size, head, self.indirect, self.epoch)

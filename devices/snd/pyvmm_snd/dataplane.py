@@ -73,7 +73,7 @@ class PcmDataPlane:
         ``sink``: the device's event sink (``io`` traces)."""
         self.ctx = ctx
         self.sink = sink
-        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun, sink)
+        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun, sink, poll=self.process)
                    for stream, backend in zip(streams, backends, strict=True)]
         self._warn = GuestWarnings(log)
 
@@ -86,6 +86,19 @@ class PcmDataPlane:
                 refused = True
         if refused:  # held messages are completed (and signalled) by their stream's clock
             self.ctx.signal_used(queue_index)
+        self.update_notifications(queue_index)
+
+    def update_notifications(self, queue_index: QueueIndex) -> None:
+        """While a stream of this queue runs on a real-time clock, the clock pops the queue at
+        every tick before it consumes (:meth:`StreamIo.poll`), so the driver's kicks would only
+        cost a second wake-up per period: they are suppressed. Otherwise the device wants them;
+        buffers made available in between are taken at once."""
+        queue = self.ctx.queues[queue_index]
+        if any(io.polls_queue for io in self.io if io.queue_index == queue_index):
+            if queue.notify_wanted:
+                queue.suppress_notifications()
+        elif not queue.notify_wanted and queue.enable_notification():
+            self.process(queue_index)
 
     def accept(self, queue_index: QueueIndex, chain: DescriptorChain) -> Status:
         """Every check an I/O message goes through, in order; OK means it is held by its stream,
@@ -138,13 +151,32 @@ class PcmDataPlane:
         self.io[stream.id].prepare()
 
     def start(self, stream: PcmStream) -> None:
-        self.io[stream.id].start()
+        io = self.io[stream.id]
+        io.start()
+        self.update_notifications(io.queue_index)
 
     def stop(self, stream: PcmStream) -> None:
-        self.io[stream.id].stop()
+        io = self.io[stream.id]
+        io.stop()
+        self.update_notifications(io.queue_index)
 
     def release(self, stream: PcmStream) -> None:
-        self.io[stream.id].release()
+        io = self.io[stream.id]
+        io.release()
+        self.update_notifications(io.queue_index)
+
+    def freeze(self) -> None:
+        """The VM is paused (QMP ``stop``): no clock runs, so the driver may kick again."""
+        for io in self.io:
+            io.freeze()
+        for queue_index in (QueueIndex.TX, QueueIndex.RX):
+            self.update_notifications(queue_index)
+
+    def thaw(self) -> None:
+        for io in self.io:
+            io.thaw()
+        for queue_index in (QueueIndex.TX, QueueIndex.RX):
+            self.update_notifications(queue_index)
 
     def reset(self) -> None:
         for io in self.io:

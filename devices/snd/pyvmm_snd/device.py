@@ -156,13 +156,13 @@ class SoundDevice(VirtioDevice):
     def pause(self) -> None:
         """QMP ``stop``: every stream's period clock stands still (no completion, no xrun)."""
         self.paused = True
-        for io in self.dataplane.io if self.dataplane is not None else ():
-            io.freeze()
+        if self.dataplane is not None:
+            self.dataplane.freeze()
 
     def resume(self) -> None:
         self.paused = False
-        for io in self.dataplane.io if self.dataplane is not None else ():
-            io.thaw()
+        if self.dataplane is not None:
+            self.dataplane.thaw()
 
     # -- PCM I/O ------------------------------------------------------------------------------
 

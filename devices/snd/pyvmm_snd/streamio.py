@@ -95,7 +95,8 @@ class StreamIo:
     """Held messages + clock + back end of one stream (see the module docstring)."""
 
     def __init__(self, ctx: DeviceContext, stream: PcmStream, backend: PcmBackend | None, clock_kind: str,
-                 gain: Callable[[int], float], report_xrun: Callable[[int], bool], sink: EventSink = NO_EVENTS):
+                 gain: Callable[[int], float], report_xrun: Callable[[int], bool], sink: EventSink = NO_EVENTS,
+                 poll: Callable[[QueueIndex], object] | None = None):
         self.ctx = ctx
         self.sink = sink
         """The device's event sink: xruns and injected faults are traced through it."""
@@ -106,6 +107,9 @@ class StreamIo:
         and filling the guest's buffers faster than that overruns it (arecord restarts)."""
         self.gain = gain
         self.report_xrun = report_xrun
+        self.poll = poll
+        """Takes the new messages off the stream's queue (the data plane's ``process``): the
+        real-time clock calls it before it consumes, so the driver need not kick meanwhile."""
         self.playback = stream.direction == Direction.OUTPUT
         """The stream's direction is fixed by its configuration."""
         self.stats = StreamIoStats()
@@ -292,10 +296,18 @@ class StreamIo:
         self._stop_clock()
         self._close_backend()
 
+    @property
+    def polls_queue(self) -> bool:
+        """A real-time clock is running: every tick pops the queue first (see ``poll``)."""
+        return (self.poll is not None and self.clock_kind == "realtime" and self.clock is not None
+                and self.clock.running and self.stream.state == StreamState.STARTED)
+
     def _tick(self, tick: int) -> bool:
         """One period; returns True when more messages wait (the fast clock ticks again)."""
         if self.stream.state != StreamState.STARTED:
             return False
+        if self.clock_kind == "realtime" and self.poll is not None:
+            self.poll(self.queue_index)
         if not self.held or (not self.playback and self._capture_would_wrap()):
             if self.clock_kind != "fast":
                 self._xrun()
