@@ -94,3 +94,24 @@ def test_no_stall(memory, allocator, program, event_idx, start):
     assert sim.q.next_avail == sim.dq.avail_idx, "device never saw some buffers (kick lost)"
     assert sim.completed == total, "driver never saw some used buffers (interrupt lost)"
     assert not sim.held
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
+@given(event_idx=st.booleans(), start=st.sampled_from([0, 0xFFFA]), batches=st.lists(st.integers(1, 4), max_size=12))
+def test_a_polling_device_gets_no_kicks_and_misses_no_buffer(memory, allocator, event_idx, start, batches):
+    """suppress_notifications: the driver is never asked to kick (across the index wrap), the
+    device finds every buffer by polling, and enable_notification says what came meanwhile."""
+    sim = Sim(memory, allocator, event_idx, start)
+    sim.q.suppress_notifications()
+    for n in batches:
+        sim.add(n)
+        assert not sim.kick_pending
+        sim.kick()  # the device's own poll (a period tick)
+        sim.complete(len(sim.held))
+        sim.interrupt()
+    sim.add(1)
+    assert not sim.kick_pending
+    assert sim.q.enable_notification()  # one buffer arrived while kicks were off: pop again
+    sim.kick()
+    sim.add(1)
+    assert sim.kick_pending  # wanted again
