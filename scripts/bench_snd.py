@@ -283,7 +283,7 @@ def _start_py_spy(pid: int, duration: float, out: Path) -> subprocess.Popen | No
     if not Path(py_spy).exists():
         print("bench_snd: --profile needs py-spy (pip install py-spy): no profile", file=sys.stderr)
         return None
-    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw",
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw", "--gil",
                              "--duration", str(int(duration)), "--output", str(out), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=open(out.with_suffix(".log"), "wb"))
 
@@ -305,7 +305,7 @@ def _print_profile(path: Path, top: int = 15) -> None:
             continue
         own[frames[-1]] += int(count)
         total += int(count)
-    print(f"  back end profile (py-spy, {total} busy samples at 1 kHz; self time of the top functions):")
+    print(f"  back end profile (py-spy --gil: samples holding the GIL, {total} at 1 kHz; own share of the top functions):")
     for name, count in own.most_common(top):
         print(f"    {100 * count / max(total, 1):5.1f} %  {name}")
 

@@ -122,8 +122,14 @@ def _g711_encode(values: np.ndarray, kind: str) -> np.ndarray:
     return order[np.where(pick_left, right - 1, right)].astype(np.uint8)
 
 
+_FORMATS_BY_CODE: dict[int, SampleFormat] = {int(code): sf for code, sf in FORMATS.items()}
+
+
 def sample_format(fmt: int) -> SampleFormat:
     """The storage description of ``fmt``; ``ValueError`` for a format the data plane cannot handle."""
+    found = _FORMATS_BY_CODE.get(fmt)  # asked per period: no enum construction on the way
+    if found is not None:
+        return found
     try:
         return FORMATS[PcmFormat(fmt)]
     except (KeyError, ValueError):
