@@ -19,7 +19,7 @@ from pyvmm.vhost_user.memory_map import FrontendMemoryMap
 from pyvmm.vhost_user.vring import Vring
 from pyvmm.virtio.rules import report_queue_fault
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
-from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
+from pyvmm.virtio.queue import InvalidQueueError, SplitQueue, trace_notify
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,8 @@ class DeviceRunner:
         cannot hold the loop; what is left is served on a later loop turn."""
         context = self.context
         queue = context.queues[index] if context is not None and 0 <= index < len(context.queues) else None
-        sink = self.device.event_sink
-        if sink.tracing("queue") and queue is not None:
-            sink.trace("queue", "notify", queue=index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
-                       in_flight=queue.in_flight)
         if queue is not None:
+            trace_notify(self.device.event_sink, queue)
             queue.begin_turn()
         try:
             self.device.queue_notify(index)

@@ -34,13 +34,13 @@ from typing import Protocol
 from pyvmm.eventloop import DeviceEventLoop
 from pyvmm.guest_log import guest_error
 from pyvmm.memory import GuestMemory
-from pyvmm.virtio import rules
-from pyvmm.virtio.rules import report_queue_fault
 from pyvmm.virtio import constants as C
+from pyvmm.virtio import rules
 from pyvmm.virtio.constants import MmioReg as R
 from pyvmm.virtio.constants import Status
 from pyvmm.virtio.device import DeviceContext, VirtioDevice
-from pyvmm.virtio.queue import InvalidQueueError, SplitQueue
+from pyvmm.virtio.queue import InvalidQueueError, SplitQueue, trace_notify
+from pyvmm.virtio.rules import report_queue_fault
 
 log = logging.getLogger(__name__)
 
@@ -437,11 +437,7 @@ class MmioTransport:
             self.device.event_sink.violation(rules.NOTIFY_UNREADY_QUEUE, f"QueueNotify {index}", queue=index)
             return
         self.kicks[index] += 1
-        sink = self.device.event_sink
-        if sink.tracing("queue"):
-            queue = self._active[index]
-            sink.trace("queue", "notify", queue=index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
-                       in_flight=queue.in_flight)
+        trace_notify(self.device.event_sink, self._active[index])
         self._serve(self._active[index])
 
     def _serve(self, queue: SplitQueue) -> None:

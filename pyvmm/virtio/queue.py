@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from pyvmm.errors import GuestMemoryError
+from pyvmm.events import EventSink
 from pyvmm.guest_log import guest_error
 from pyvmm.log import TRACE
 from pyvmm.memory import GuestMemory
@@ -70,6 +71,13 @@ def full_barrier() -> None:
 def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
     """Spec 2.7.10 / vring_need_event: did the index pass ``event_idx`` going from old to new?"""
     return ((new_idx - event_idx - 1) & 0xFFFF) < ((new_idx - old_idx) & 0xFFFF)
+
+
+def trace_notify(sink: EventSink, queue: SplitQueue) -> None:
+    """The ``queue notify`` trace record of a driver notification (both front ends send it)."""
+    if sink.tracing("queue"):
+        sink.trace("queue", "notify", queue=queue.index, avail_idx=queue.avail_idx(), next_avail=queue.next_avail,
+                   in_flight=queue.in_flight)
 
 
 class InvalidQueueError(ValueError):

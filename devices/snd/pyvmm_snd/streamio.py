@@ -453,8 +453,9 @@ class StreamIo:
             else:
                 self._backend_call(lambda backend: backend.read(n))  # a live source keeps its pace
         self.stats.xrun_periods += 1
-        self.sink.trace("io", "xrun", stream=self.stream.id, dir="playback" if self.playback else "capture",
-                        gap_periods=self._gap + 1)
+        if self.sink.tracing("io"):
+            self.sink.trace("io", "xrun", stream=self.stream.id, dir="playback" if self.playback else "capture",
+                            gap_periods=self._gap + 1)
         if self._gap == 0:
             self.stats.xruns += 1
             if self.report_xrun(self.stream.id):
