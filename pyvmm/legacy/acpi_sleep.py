@@ -6,18 +6,18 @@ register, then writes ``SLP_EN | SLP_TYP << 2`` to the control register with the
 ``SLP_TYP`` of the DSDT's ``\\_S5`` package; that write calls ``on_poweroff()``, which the
 VMM treats like a reset (``poweroff -f`` ends ``pyvmm run`` with status 0, as ``reboot -f``
 does). Other sleep states are not offered (no ``\\_S1``..``\\_S4``), so a request for one
-is logged (rate-limited) and ignored. The status register reads 0: the machine never wakes.
+is logged (through the VM's guest-error limiter, :mod:`pyvmm.guest_log`) and ignored. The status register reads 0: the machine never wakes.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Callable
 
 from pyvmm.arch.x86_64.acpi import (
     S5_SLEEP_TYPE, SLEEP_CONTROL_SLP_EN, SLEEP_CONTROL_SLP_TYP_MASK, SLEEP_CONTROL_SLP_TYP_SHIFT,
 )
+from pyvmm.guest_log import guest_error
 from pyvmm.log import TRACE
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 CONTROL_OFFSET = 0
 STATUS_OFFSET = 1
 REGISTER_COUNT = 2
-LOG_INTERVAL = 10.0   # seconds between two "unsupported sleep state" lines
 
 
 class AcpiSleepRegisters:
@@ -33,7 +32,6 @@ class AcpiSleepRegisters:
 
     def __init__(self, on_poweroff: Callable[[], None]):
         self._on_poweroff = on_poweroff
-        self._last_warning = float("-inf")
 
     def read(self, offset: int, size: int) -> bytes:
         if log.isEnabledFor(TRACE):
@@ -53,11 +51,8 @@ class AcpiSleepRegisters:
             log.info("guest powered off through the ACPI sleep control register (S5)")
             self._on_poweroff()
             return
-        now = time.monotonic()
-        if now - self._last_warning >= LOG_INTERVAL:
-            self._last_warning = now
-            log.warning("guest asked for ACPI sleep type %d, which is not offered (only S5 power-off); ignored",
-                        sleep_type)
+        guest_error(log, "guest asked for ACPI sleep type %d, which is not offered (only S5 power-off); ignored",
+                    sleep_type)
 
     def __repr__(self) -> str:
         return "AcpiSleepRegisters()"
