@@ -10,8 +10,10 @@ Each stream's :class:`StreamFaults` decides how the messages its clock consumes 
   consumed on time, as a DMA engine would; once the held messages run out the periods are
   xruns), then everything held back completes in one burst;
 * ``burst N``: the next N completions are held back and given to the driver at once, which
-  moves the guest's hardware pointer by N periods between two interrupts (N >= the periods in
-  the buffer makes Linux's pointer wrap unseen);
+  moves the guest's hardware pointer by N periods between two interrupts (N = the periods in
+  the buffer brings Linux's position back where it was: ALSA takes that for a whole buffer
+  played if nothing called the pointer for half a buffer time, else for no progress at all,
+  and the stream stalls RUNNING: bug (b) in the README's "Debugging the driver");
 * ``needs-reset N``: after the Nth message the device sets DEVICE_NEEDS_RESET.
 
 While the VM is paused (QMP ``stop``: :meth:`StreamFaults.freeze`) the late and stall timers

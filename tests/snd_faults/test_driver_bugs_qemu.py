@@ -1,0 +1,226 @@
+"""The two known Linux virtio_snd bugs, reproduced with the real driver (the default guest,
+Linux 6.12, through QEMU TCG + pyvmm's vhost-user back end); README "Debugging the driver"
+walks through the same runs. Each test asserts what the device saw, so it fails the day the
+driver (or the guest kernel) behaves differently.
+
+(a) ``prepare()`` does not reset ``msg->length``: ``examples/pcm_restart.c`` (built here with
+    the host's gcc, static, raw ALSA ioctls) writes a buffer, one period and half a period,
+    drops the stream and restarts it writing whole periods. The message of the half-written
+    slot is never queued again, and each time the application passes that slot one message
+    fewer is in flight, until none is: the restarted stream stalls, RUNNING.
+(b) a whole buffer completing between two pointer calls: ``burst 0 N`` (N = periods per
+    buffer) while a poll-driven application (``aplay -N``) keeps calling the pointer. The
+    driver's position wraps back to where it was, ALSA sees no progress, nothing is queued
+    any more and the stream stays RUNNING with its position frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "snd_dataplane"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e_snd"))
+sys.path.insert(0, str(Path(__file__).parent))
+from guest_helpers import image_with_files, wav_data  # noqa: E402
+from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
+from snd_checks import booted  # noqa: E402
+from test_faults_qemu import wait_until_playing  # noqa: E402
+
+from pyvmm.guestimage.cache import cache_root  # noqa: E402
+from pyvmm.monitor import MonitorClient  # noqa: E402
+
+pytestmark = pytest.mark.qemu
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PCM_RESTART = "/test/pcm_restart"
+STATUS = "/proc/asound/card0/pcm0p/sub0/status"
+STREAM_COMMANDS = {"PCM_SET_PARAMS", "PCM_PREPARE", "PCM_START", "PCM_STOP", "PCM_RELEASE"}
+
+
+def build_pcm_restart() -> Path:
+    """examples/pcm_restart.c as a static binary, cached by source and compiler."""
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is missing (scripts/setup installs build-essential)"
+    source = (EXAMPLES / "pcm_restart.c").read_bytes()
+    version = subprocess.run([gcc, "--version"], capture_output=True, check=True).stdout
+    key = hashlib.sha256(source + version).hexdigest()[:16]
+    binary = cache_root() / "examples" / f"pcm_restart-{key}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        partial = binary.with_suffix(".tmp")
+        subprocess.run([gcc, "-static", "-O2", "-Wall", "-Werror", "-o", str(partial), str(EXAMPLES / "pcm_restart.c")],
+                       check=True)
+        partial.rename(binary)
+    return binary
+
+
+@pytest.fixture(scope="module")
+def image_with_pcm_restart(tmp_path_factory):
+    try:
+        image, qemu = guest_and_qemu()
+    except HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+    tmp = tmp_path_factory.mktemp("pcm-restart")
+    files = {PCM_RESTART: build_pcm_restart().read_bytes()}
+    return image_with_files(image, files, tmp), qemu
+
+
+def records(trace: Path) -> list[dict]:
+    return [json.loads(line) for line in trace.read_text().splitlines()]
+
+
+def period_values(samples: np.ndarray) -> list[tuple[int, int]]:
+    """(value, frames) of each run of equal non-zero frames: pcm_restart gives every period its own value."""
+    left = samples[0::2]
+    runs = []
+    start = 0
+    for i in range(1, len(left) + 1):
+        if i == len(left) or left[i] != left[start]:
+            if left[start] != 0:
+                runs.append((int(left[start]), i - start))
+            start = i
+    return runs
+
+
+def run_pcm_restart(image_with_pcm_restart, tmp_path: Path, args: str = "") -> tuple[str, list[dict], list]:
+    """pcm_restart in the guest (WAV back end, trace on): its output, the trace, (value, frames) played."""
+    image, qemu = image_with_pcm_restart
+    trace = tmp_path / "a.jsonl"
+    options = {"backend": "wav", "backend.path": str(tmp_path / "out{stream}.wav")}
+    with qemu_sound_guest(options, smp=1, image=image, qemu=qemu, backend_args=["--trace-file", str(trace)]) as guest:
+        out = guest.session.run(f"chmod +x {PCM_RESTART}; {PCM_RESTART} {args}; echo rc=$?", timeout=120).output
+    _, data = wav_data(tmp_path / "out0.wav")
+    return out, records(trace), period_values(np.frombuffer(data, "<i2"))
+
+
+def runs(recs: list[dict]) -> tuple[list[str], list[list[dict]]]:
+    """The stream commands, and the I/O messages queued after each PREPARE (until the next STOP)."""
+    codes, queued = [], []
+    for r in recs:
+        if r["cat"] == "ctl" and r["code"] in STREAM_COMMANDS:
+            codes.append(r["code"])
+            if r["code"] == "PCM_PREPARE":
+                queued.append([])
+        elif (r["cat"], r["kind"]) == ("io", "queued") and queued and codes[-1] in ("PCM_PREPARE", "PCM_START"):
+            queued[-1].append(r)
+    return codes, queued
+
+
+PERIOD = 4800
+"""pcm_restart's period (frames; 100 ms at 48 kHz, 4 periods per buffer)."""
+RUN_CODES = ["PCM_SET_PARAMS", "PCM_PREPARE", "PCM_START", "PCM_STOP", "PCM_RELEASE",  # run 1 and the drop
+             "PCM_PREPARE", "PCM_START", "PCM_STOP", "PCM_RELEASE"]  # run 2 and the close at exit
+
+
+def test_bug_a_the_half_written_period_is_never_queued_again(image_with_pcm_restart, tmp_path):
+    out, recs, played = run_pcm_restart(image_with_pcm_restart, tmp_path)
+    # The program's view: run 1 leaves slot 1 half written; run 2 writes whole periods until
+    # nothing moves. Slot 1's message is never queued, so each pass over slot 1 leaves one
+    # message fewer in flight: after 14 periods written only 10 were queued, and the stream
+    # stalls RUNNING with the buffer full (appl_ptr - hw_ptr = 4 periods).
+    assert "rc=0" in out, out
+    assert "run 1: wrote 5 whole periods and half a period (2400 frames)" in out, out
+    assert "run 2: prepared: state PREPARED hw_ptr 0 appl_ptr 0" in out, out
+    assert "run 2: wrote 14 whole periods, then nothing moved for 2000 ms" in out, out
+    assert f"run 2: state RUNNING hw_ptr {10 * PERIOD} appl_ptr {14 * PERIOD}" in out, out
+
+    codes, queued = runs(recs)
+    assert codes == RUN_CODES, codes
+    assert len(queued[1]) == 10 and all(r["bytes"] == PERIOD * 4 for r in queued[1]), queued[1]
+    # after the last message the device underruns while the stream is still started (no STOP yet)
+    stop = next(r["t"] for r in recs if r["t"] > queued[1][-1]["t"] and r["cat"] == "ctl")
+    xruns = [r for r in recs if (r["cat"], r["kind"]) == ("io", "xrun") and queued[1][-1]["t"] < r["t"] < stop]
+    assert len(xruns) >= 10, f"{len(xruns)} xrun periods between the last message and the STOP"
+
+    # What reached the device, period by period (each period has its own value): run 2 wrote
+    # 7..20; the periods written into slot 1 (8, 12, 16, 20) never left the guest, nor did the
+    # half period (6) of run 1.
+    assert [p for p in played if p[0] >= 6] == [(v, PERIOD) for v in (7, 9, 10, 11, 13, 14, 15, 17, 18, 19)], played
+
+
+def test_bug_a_control_run_1_ending_on_a_whole_period_restarts_fine(image_with_pcm_restart, tmp_path):
+    """The same restart without the half period: nothing is lost, no stall (so it is the
+    stale msg->length of the half-written slot that breaks run 2 above)."""
+    out, recs, played = run_pcm_restart(image_with_pcm_restart, tmp_path, "-F -w 20")
+    assert "rc=0" in out, out
+    assert "run 1: wrote 6 whole periods" in out, out
+    assert "run 2: wrote all 20 periods" in out and "done (no stall)" in out, out
+    codes, queued = runs(recs)
+    assert codes == RUN_CODES, codes
+    assert len(queued[1]) == 20, queued[1]
+    # run 2's 20 periods (values 7..26) reach the device in order, except those the close
+    # dropped (the program exits right after its last write)
+    run2 = [p for p in played if p[0] >= 7]
+    assert run2 == [(v, PERIOD) for v in range(7, 7 + len(run2))] and len(run2) >= 15, played
+
+
+APLAY_N = ("aplay -N -D hw:0,0 -f S16_LE -c 2 -r 48000 --period-size=6000 --buffer-size=48000 -t raw /dev/zero")
+
+
+def guest_status(session) -> dict[str, str]:
+    text = session.check(f"cat {STATUS}", timeout=30)
+    return dict(re.findall(r"^(\w+)\s*:\s*(\S+)", text, re.M))
+
+
+def wait_until_fired(client: MonitorClient, timeout: float = 20.0) -> None:
+    """Until stream 0 has nothing armed or held back any more (the burst went to the driver)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ok, info = client.command("snd0 info")
+        line = next(line for line in info.splitlines() if line.startswith("stream 0"))
+        if ok and "armed" not in line:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the burst did not fire:\n{info}")
+
+
+def test_bug_b_a_whole_buffer_burst_wraps_the_position_unseen(tmp_path):
+    mon, trace = tmp_path / "vm.mon", tmp_path / "b.jsonl"
+    with booted({"backend": "null"}, smp=1, backend_args=["--monitor", str(mon), "--trace-file", str(trace)]) as guest:
+        session = guest.session
+        session.run(f"({APLAY_N} > /tmp/aplay.log 2>&1; echo rc=$? >> /tmp/aplay.log) &", timeout=20)
+        with MonitorClient(str(mon)) as client:
+            wait_until_playing(client, periods=10)
+            ok, reply = client.command("snd0 burst 0 8")  # 8 periods of 6000 frames: the whole buffer
+            assert ok, reply
+            wait_until_fired(client)  # after 8 periods (1 s)
+            first = guest_status(session)
+            time.sleep(1.0)
+            second = guest_status(session)
+            ok, info = client.command("snd0 info")
+        # ALSA: RUNNING, the position did not move, the buffer is full (aplay waits for room)
+        assert first["state"] == second["state"] == "RUNNING", (first, second)
+        assert first["hw_ptr"] == second["hw_ptr"], (first, second)
+        assert int(second["appl_ptr"]) - int(second["hw_ptr"]) == 48000, second
+        # the device: the stream is still started and the driver queues nothing
+        assert re.search(r"stream 0 output: started,.* queued 0,", info), info
+        session.run("kill $(pidof aplay); sleep 0.5", timeout=20)
+        log = session.run("cat /tmp/aplay.log", timeout=20).output
+        # the card still plays afterwards
+        replay = session.run("aplay -D hw:0,0 -f S16_LE -c 2 -r 48000 -d 1 -t raw /dev/zero; echo rc=$?", timeout=60)
+        assert "rc=0" in replay.output, replay.output
+    assert "underrun" not in log and "error" not in log, log
+
+    recs = records(trace)
+    fire = next(r for r in recs if (r["cat"], r["kind"]) == ("fault", "fire"))
+    assert fire["what"] == "burst" and fire["released"] == 8, fire
+    # the whole buffer completed at once: 8 completions within a few ms, 8 x 24000 bytes
+    burst = [r for r in recs if (r["cat"], r["kind"]) == ("io", "complete") and fire["t"] - 0.05 < r["t"] <= fire["t"]]
+    assert len(burst) == 8 and sum(r["bytes"] for r in burst) == 192000, burst
+    after = [r for r in recs if r["t"] > fire["t"]]
+    stop = next(r for r in after if r["cat"] == "ctl")
+    assert stop["code"] == "PCM_STOP", stop
+    # nothing queued between the burst and the STOP that killing aplay caused, seconds later
+    assert not [r for r in after if (r["cat"], r["kind"]) == ("io", "queued") and r["t"] < stop["t"]]
+    assert stop["t"] - fire["t"] > 1.0, stop["t"] - fire["t"]
