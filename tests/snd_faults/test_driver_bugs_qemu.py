@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from guest_helpers import image_with_files, wav_data  # noqa: E402
 from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
 from snd_checks import booted  # noqa: E402
-from test_faults_qemu import wait_until_playing  # noqa: E402
 
 from pyvmm.guestimage.cache import cache_root  # noqa: E402
 from pyvmm.monitor import MonitorClient  # noqa: E402
@@ -173,38 +172,89 @@ def guest_status(session) -> dict[str, str]:
     return dict(re.findall(r"^(\w+)\s*:\s*(\S+)", text, re.M))
 
 
-def wait_until_fired(client: MonitorClient, timeout: float = 20.0) -> None:
-    """Until stream 0 has nothing armed or held back any more (the burst went to the driver)."""
+class MonitorControl:
+    """Stream 0 through the line monitor (``pyvmm monitor``)."""
+
+    args = ["--monitor", "{dir}/vm.mon"]
+
+    def __init__(self, directory: Path):
+        self.client = MonitorClient(f"{directory}/vm.mon")
+        self.client.__enter__()
+
+    def stream0(self) -> dict:
+        ok, info = self.client.command("snd0 info")
+        assert ok, info
+        line = next(line for line in info.splitlines() if line.startswith("stream 0"))
+        match = re.search(r"output: (\S+), .* queued (\d+),.* periods (\d+)", line)
+        return {"state": match[1], "held": int(match[2]), "periods": int(match[3]), "armed": "armed" in line}
+
+    def burst(self, count: int) -> None:
+        ok, reply = self.client.command(f"snd0 burst 0 {count}")
+        assert ok, reply
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+
+class QmpControl:
+    """Stream 0 through QMP (``x-pyvmm-snd-query-streams``, ``x-pyvmm-snd-inject``), with qemu.qmp."""
+
+    args = ["--qmp", "unix:{dir}/qmp.sock,server,wait=off"]
+
+    def __init__(self, directory: Path):
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        self.qmp = QEMUMonitorProtocol(f"{directory}/qmp.sock")
+        self.qmp.connect(negotiate=True)
+        self.qmp.settimeout(30)
+
+    def stream0(self) -> dict:
+        stream = self.qmp.cmd("x-pyvmm-snd-query-streams")["streams"][0]
+        faults = stream["faults"]
+        return {"state": stream["state"], "held": stream["held"], "periods": stream["periods"],
+                "armed": bool(faults["burst"] or faults["held_back"])}
+
+    def burst(self, count: int) -> None:
+        assert self.qmp.cmd("x-pyvmm-snd-inject", type="burst", stream=0, count=count) == {"sent": True}
+
+    def close(self) -> None:
+        self.qmp.close()
+
+
+def wait_for(control, predicate, what: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ok, info = client.command("snd0 info")
-        line = next(line for line in info.splitlines() if line.startswith("stream 0"))
-        if ok and "armed" not in line:
-            return
+        stream = control.stream0()
+        if predicate(stream):
+            return stream
         time.sleep(0.1)
-    raise AssertionError(f"the burst did not fire:\n{info}")
+    raise AssertionError(f"{what}: {stream}")
 
 
-def test_bug_b_a_whole_buffer_burst_wraps_the_position_unseen(tmp_path):
-    mon, trace = tmp_path / "vm.mon", tmp_path / "b.jsonl"
-    with booted({"backend": "null"}, smp=1, backend_args=["--monitor", str(mon), "--trace-file", str(trace)]) as guest:
+@pytest.mark.parametrize("control_kind", [MonitorControl, QmpControl], ids=["monitor", "qmp"])
+def test_bug_b_a_whole_buffer_burst_wraps_the_position_unseen(tmp_path, control_kind):
+    trace = tmp_path / "b.jsonl"
+    args = [arg.format(dir=tmp_path) for arg in control_kind.args]
+    with booted({"backend": "null"}, smp=1, backend_args=[*args, "--trace-file", str(trace)]) as guest:
         session = guest.session
         session.run(f"({APLAY_N} > /tmp/aplay.log 2>&1; echo rc=$? >> /tmp/aplay.log) &", timeout=20)
-        with MonitorClient(str(mon)) as client:
-            wait_until_playing(client, periods=10)
-            ok, reply = client.command("snd0 burst 0 8")  # 8 periods of 6000 frames: the whole buffer
-            assert ok, reply
-            wait_until_fired(client)  # after 8 periods (1 s)
+        control = control_kind(tmp_path)
+        try:
+            wait_for(control, lambda s: s["state"] == "started" and s["periods"] >= 10, "aplay did not start")
+            control.burst(8)  # 8 periods of 6000 frames: the whole buffer
+            wait_for(control, lambda s: not s["armed"], "the burst did not fire", timeout=20)  # after 8 periods (1 s)
             first = guest_status(session)
             time.sleep(1.0)
             second = guest_status(session)
-            ok, info = client.command("snd0 info")
+            device = control.stream0()
+        finally:
+            control.close()
         # ALSA: RUNNING, the position did not move, the buffer is full (aplay waits for room)
         assert first["state"] == second["state"] == "RUNNING", (first, second)
         assert first["hw_ptr"] == second["hw_ptr"], (first, second)
         assert int(second["appl_ptr"]) - int(second["hw_ptr"]) == 48000, second
         # the device: the stream is still started and the driver queues nothing
-        assert re.search(r"stream 0 output: started,.* queued 0,", info), info
+        assert device["state"] == "started" and device["held"] == 0, device
         session.run("kill $(pidof aplay); sleep 0.5", timeout=20)
         log = session.run("cat /tmp/aplay.log", timeout=20).output
         # the card still plays afterwards
