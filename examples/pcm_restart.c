@@ -9,7 +9,8 @@
  * any guest:
  *   run 1: PREPARE, write a whole buffer (the stream starts), one more period, then half a
  *          period (with -F: a whole one instead, the control run); DROP (the driver sends
- *          PCM_STOP and PCM_RELEASE);
+ *          PCM_STOP and PCM_RELEASE), or with -e DRAIN (blocking; times out with EIO when
+ *          the half period never plays);
  *   run 2: PREPARE, write whole periods until WRITE periods are written or nothing moves for
  *          STALL_MS milliseconds.
  * Every period carries its own sample value (its number, 1, 2, ...), so a WAV written by the
@@ -17,7 +18,7 @@
  * stream (/proc/asound/cardC/pcmDp/sub0/status) at each step.
  *
  * Build: gcc -static -O2 -Wall -o pcm_restart pcm_restart.c
- * Usage: pcm_restart [-F] [-D /dev/snd/pcmC0D0p] [-p PERIOD_FRAMES] [-n PERIODS] [-w WRITE] [-s STALL_MS]
+ * Usage: pcm_restart [-F] [-e] [-D /dev/snd/pcmC0D0p] [-p PERIOD_FRAMES] [-n PERIODS] [-w WRITE] [-s STALL_MS]
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +42,7 @@ static unsigned period = 4800, periods = 4, write_periods = 40, stall_ms = 2000;
 static int16_t *chunk; /* one period of frames */
 static unsigned next_value = 1;
 static int full_last; /* -F: the last piece of run 1 is a whole period */
+static int drain; /* -e: run 1 ends with DRAIN instead of DROP */
 
 static struct snd_mask *mask(struct snd_pcm_hw_params *p, int n)
 {
@@ -194,16 +196,17 @@ int main(int argc, char **argv)
 	int opt, fd;
 	unsigned n, last;
 
-	while ((opt = getopt(argc, argv, "FD:p:n:w:s:")) != -1) {
+	while ((opt = getopt(argc, argv, "FeD:p:n:w:s:")) != -1) {
 		switch (opt) {
 		case 'F': full_last = 1; break;
+		case 'e': drain = 1; break;
 		case 'D': device = optarg; break;
 		case 'p': period = strtoul(optarg, NULL, 0); break;
 		case 'n': periods = strtoul(optarg, NULL, 0); break;
 		case 'w': write_periods = strtoul(optarg, NULL, 0); break;
 		case 's': stall_ms = strtoul(optarg, NULL, 0); break;
 		default:
-			fprintf(stderr, "usage: %s [-F] [-D DEV] [-p PERIOD_FRAMES] [-n PERIODS] [-w WRITE] [-s STALL_MS]\n",
+			fprintf(stderr, "usage: %s [-F] [-e] [-D DEV] [-p PERIOD_FRAMES] [-n PERIODS] [-w WRITE] [-s STALL_MS]\n",
 				argv[0]);
 			return 2;
 		}
@@ -232,9 +235,24 @@ int main(int argc, char **argv)
 	else
 		printf("run 1: wrote %u whole periods and half a period (%u frames)\n", n, last);
 	show("run 1");
-	if (ioctl(fd, SNDRV_PCM_IOCTL_DROP) < 0)
-		die("DROP");
-	show("run 1: dropped");
+	if (drain) {
+		struct timespec a, b;
+		int rc, err;
+
+		fcntl(fd, F_SETFL, 0); /* a blocking DRAIN waits until played (or ALSA's timeout) */
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		rc = ioctl(fd, SNDRV_PCM_IOCTL_DRAIN);
+		err = errno;
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		fcntl(fd, F_SETFL, O_NONBLOCK);
+		printf("run 1: DRAIN returned %s after %.1f s\n", rc < 0 ? strerror(err) : "0",
+		       (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+		show("run 1: drained");
+	} else {
+		if (ioctl(fd, SNDRV_PCM_IOCTL_DROP) < 0)
+			die("DROP");
+		show("run 1: dropped");
+	}
 
 	/* Run 2: the application restarts, writing whole periods only. */
 	sleep_ms(100);

@@ -148,6 +148,24 @@ def test_bug_a_the_half_written_period_is_never_queued_again(image_with_pcm_rest
     assert [p for p in played if p[0] >= 6] == [(v, PERIOD) for v in (7, 9, 10, 11, 13, 14, 15, 17, 18, 19)], played
 
 
+def test_bug_a_after_a_drain_the_half_period_never_plays_and_the_restart_stalls_too(image_with_pcm_restart, tmp_path):
+    """Run 1 ends with DRAIN instead of DROP: the half period is never queued, so the drain
+    cannot finish; ALSA gives up (EIO, ``max(100 ms, 1.1 x buffer time)`` after the last
+    period) and stops the stream. Run 2 then stalls exactly as after a DROP."""
+    out, recs, played = run_pcm_restart(image_with_pcm_restart, tmp_path, "-e")
+    assert "rc=0" in out, out
+    assert re.search(r"run 1: DRAIN returned Input/output error after \d", out), out
+    # everything but the half period played: 5 periods of 4800 frames, appl_ptr 2400 frames further
+    assert f"run 1: drained: state SETUP hw_ptr {5 * PERIOD} appl_ptr {5 * PERIOD + PERIOD // 2}" in out, out
+    assert "run 2: wrote 14 whole periods, then nothing moved for 2000 ms" in out, out
+    assert f"run 2: state RUNNING hw_ptr {10 * PERIOD} appl_ptr {14 * PERIOD}" in out, out
+    codes, queued = runs(recs)
+    assert codes == RUN_CODES, codes
+    assert len(queued[1]) == 10, queued[1]
+    assert [p for p in played if p[0] <= 6] == [(v, PERIOD) for v in (1, 2, 3, 4, 5)], played
+    assert [p for p in played if p[0] >= 6] == [(v, PERIOD) for v in (7, 9, 10, 11, 13, 14, 15, 17, 18, 19)], played
+
+
 def test_bug_a_control_run_1_ending_on_a_whole_period_restarts_fine(image_with_pcm_restart, tmp_path):
     """The same restart without the half period: nothing is lost, no stall (so it is the
     stale msg->length of the half-written slot that breaks run 2 above)."""
