@@ -14,6 +14,8 @@ the spread, and the machine's load average is printed before and after.
 * fast clock: 48 kHz stereo S16 and 192 kHz 8-channel S32 playback as fast as the driver
   model feeds it, into the ``null`` and the ``wav`` back end (multiples of real time, the
   device's CPU per period, and wav/null);
+* tracing: the fast 48 kHz run again with the device on an event bus as ``pyvmm run`` wires it,
+  tracing off (what every run pays for the trace points) and tracing ``io,queue,irq`` to a file;
 * ``--guest-seconds N``: the real driver (QEMU TCG + ``pyvmm vhost-user``) plays N seconds of
   48 kHz stereo S16 in real time; prints ``time aplay``, the frames the host WAV got and the
   back end process's CPU.
@@ -94,9 +96,17 @@ def recycle_buffers(queue, per_size: int = 4 * QUEUED) -> None:
 
 
 def make_driver(loop, clock: str, options: dict[str, str], channels: int, fmt: PcmFormat, rate: PcmRate,
-                period_bytes: int) -> SndDriver:
+                period_bytes: int, trace: Path | None = None) -> SndDriver:
+    """``trace``: None, no event bus (NO_EVENTS); else the device gets a sink on an event bus
+    as in the VMM, tracing ``io`` and ``queue`` into that JSONL file, or nothing if it is ``Path()``."""
     device = SoundDevice({"clock": clock, "capture.backend": "null", "channels": "1-8", "formats": "s16+s32",
                           **options})
+    if trace is not None:
+        from pyvmm.events import EventBus
+        from pyvmm.trace.tracer import Tracer, parse_trace_specs
+
+        tracer = Tracer(parse_trace_specs(["snd0:io,queue,irq"]), jsonl_path=trace) if trace != Path() else None
+        device.event_sink = EventBus(tracer=tracer).sink("snd0")
     d = SndDriver(device, loop=loop)
     recycle_buffers(d.queues[QueueIndex.TX])
     d.start()
@@ -192,13 +202,13 @@ def real_time(seconds: float, key: str = "48k-s16x2", period_ms: float = 10.0,
             "device_us_per_period": device_cpu[0] * 1e6 / periods, "xruns": float(xruns)}
 
 
-def fast(seconds: float, key: str, options: dict[str, str]) -> dict[str, float]:
+def fast(seconds: float, key: str, options: dict[str, str], trace: Path | None = None) -> dict[str, float]:
     """Playback on the fast clock: as fast as the driver model feeds it."""
     _, rate, channels, fmt, width = FORMATS[key]
     rate_hz = spec.RATE_HZ[rate]
     period_bytes = rate_hz // 100 * channels * width
     loop = asyncio.new_event_loop()
-    with make_driver(loop, "fast", options, channels, fmt, rate, period_bytes) as d:
+    with make_driver(loop, "fast", options, channels, fmt, rate, period_bytes, trace) as d:
         device_cpu = count_device_cpu(d)
         elapsed, _, _ = loop.run_until_complete(play(d, period_bytes, seconds, 0.010, 0))
     loop.close()
@@ -335,6 +345,11 @@ def collect(args) -> dict[str, dict[str, float]]:
         for key, (label, *_rest) in FORMATS.items():
             jobs.append((f"fast clock, {label}, null", lambda key=key: fast(args.fast_seconds, key, {"backend": "null"})))
             jobs.append((f"fast clock, {label}, wav", lambda key=key: fast(args.fast_seconds, key, wav())))
+        null = {"backend": "null"}
+        jobs.append(("fast clock, 48 kHz stereo S16, null, event bus without tracing (as pyvmm run)",
+                     lambda: fast(args.fast_seconds, "48k-s16x2", null, trace=Path())))
+        jobs.append(("fast clock, 48 kHz stereo S16, null, tracing io,queue,irq to a JSONL file",
+                     lambda: fast(args.fast_seconds, "48k-s16x2", null, trace=wav_dir / "trace.jsonl")))
     if "guest" in args.only and args.guest_seconds:
         jobs.append((f"guest aplay {args.guest_seconds:g} s (QEMU TCG + vhost-user), 48 kHz stereo S16, 10 ms",
                      lambda: guest(args.guest_seconds, args.profile)))
