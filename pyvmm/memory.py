@@ -143,19 +143,19 @@ class GuestMemory:
         fast path of every access); None otherwise (the caller walks :meth:`_segments`,
         which also raises the error for a bad range). A closed region's array is empty, so
         it never matches here."""
-        region = self._last
-        if region is None or length < 0:
+        if length < 0:
             return None
-        off = addr - region.guest_addr
-        if not (0 <= off and off + length <= len(region.array)):
-            for region in self.regions:
-                off = addr - region.guest_addr
-                if 0 <= off and off + length <= len(region.array):
-                    self._last = region
-                    break
-            else:
-                return None
-        return region.array, off
+        region = self._last
+        if region is not None:
+            off = addr - region.guest_addr
+            if 0 <= off and off + length <= len(region.array):
+                return region.array, off
+        for region in self.regions:  # (a front end may have swapped the list: _last is only a hint)
+            off = addr - region.guest_addr
+            if 0 <= off and off + length <= len(region.array):
+                self._last = region
+                return region.array, off
+        return None
 
     def _segments(self, addr: int, length: int) -> Iterator[tuple[MemoryRegion, int, int]]:
         """Yield ``(region, offset, count)`` pieces covering ``[addr, addr+length)``."""

@@ -67,7 +67,9 @@ FORMATS = {
     "192k-s32x8": ("192 kHz 8-ch S32", PcmRate.RATE_192000, 8, PcmFormat.S32, 4),
 }
 
-LOWER_IS_BETTER = ("_us", "_pct", "ratio_error")
+HIGHER_IS_BETTER = {"x_real_time", "MB_per_s"}
+NEITHER = {"wall_ratio", "aplay_wall_ratio", "wav_seconds", "xruns"}
+"""How compare() marks a change: every other figure is better lower (lateness, CPU, kicks)."""
 
 
 # -- the driver side ------------------------------------------------------------------------------
@@ -390,9 +392,9 @@ def compare(results: dict[str, dict[str, float]], reference: dict) -> None:
             if old is None:
                 continue
             change = f"x{value / old:.2f}" if old else ""
-            if old and name.endswith(LOWER_IS_BETTER) and value > old * 1.1 or \
-                    old and not name.endswith(LOWER_IS_BETTER) and name != "xruns" and value < old / 1.1:
-                change += "  worse"
+            if old and name not in NEITHER:
+                worse = value < old / 1.1 if name in HIGHER_IS_BETTER else value > old * 1.1
+                change += "  worse" if worse else ""
             print(f"  {(label[:40] + ': ' + name):<56} {_fmt(old):>10} {_fmt(value):>10}  {change}")
 
 

@@ -116,3 +116,17 @@ def test_read_into_numpy(memory):
     out = np.zeros(16, dtype=np.uint8)
     memory.read_into(0x3000, out)
     assert out.tolist() == list(range(16))
+
+
+def test_fast_path_follows_regions_swapped_in_place():
+    """vhost-user swaps ``regions`` of a long-lived GuestMemory: accesses find the new ones."""
+    from pyvmm.memory import GuestMemory as _GM
+
+    memory = _GM([])
+    fresh = _GM.create([(0x1000, 0x1000), (0x4000, 0x2000)])
+    memory.regions = fresh.regions
+    memory.write_u32(0x4ffc, 0xDEADBEEF)
+    assert memory.read_u32(0x4ffc) == 0xDEADBEEF and memory.read(0x1000, 2) == b"\0\0"
+    assert memory.single_view(0x4000, 0x2000) is not None and memory.single_view(0x1f00, 0x200) is None
+    assert memory._within(0x4ffc, 4) is not None  # the fast path, not the segment walk
+    fresh.close()
