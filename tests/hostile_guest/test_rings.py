@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 import time
 
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -51,6 +51,8 @@ class HostileRingMachine(RuleBasedStateMachine):
         self.must_answer: list[tuple[int, int]] = []
         self.period: dict[int, int] = {}
         """The period of each stream's last SET_PARAMS (whether the device took it or not)."""
+        self.period_buffers: dict[tuple[int, int], int] = {}
+        """(queue, period size) -> the guest buffer all such messages use (see period_messages)."""
         self.unwatched: set[int] = set()
         """Queues whose chains the device may legitimately never see: disabled, or the driver
         moved avail idx so far (or backwards) that its later entries are not where the device looks."""
@@ -229,13 +231,33 @@ class HostileRingMachine(RuleBasedStateMachine):
             return
         queue = QueueIndex.TX if stream == 0 else QueueIndex.RX
         dq = self._queue(queue)
-        for _ in range(count):
-            if len(dq.free) < 3:
-                break
-            if stream == 0:
-                dq.add([struct.pack("<I", stream), bytes(period)], [8])
-            else:
-                dq.add([struct.pack("<I", stream)], [period, 8])
+        allocate = dq.buffer
+
+        def period_buffer(data):
+            """Like Linux (one DMA buffer, sliced per period at hw_params), the frames of every
+            message of a period size live in one buffer: the model's bump allocator never frees,
+            and fresh megabytes per message ran it out of guest RAM in long fuzz runs."""
+            size = data if isinstance(data, int) else len(data)
+            if size != period:
+                return allocate(data)
+            key = (queue, period)
+            if key not in self.period_buffers:
+                self.period_buffers[key] = allocate(data)
+            return self.period_buffers[key]
+
+        dq.buffer = period_buffer
+        try:
+            for _ in range(count):
+                if len(dq.free) < 3:
+                    break
+                if stream == 0:
+                    dq.add([struct.pack("<I", stream), bytes(period)], [8])
+                else:
+                    dq.add([struct.pack("<I", stream)], [period, 8])
+        except MemoryError:
+            pass  # the driver is out of its own memory: it adds nothing more
+        finally:
+            del dq.buffer
         self.rig.drv.kick(queue)
 
     @rule(queue=QUEUES, times=st.integers(1, 64))
@@ -300,3 +322,23 @@ HostileRingMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=25, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestHostileRings = HostileRingMachine.TestCase
+
+
+@settings(max_examples=1, database=None, deadline=None)
+@given(st.just(None))  # the rules record hypothesis events: they need a test context
+def test_long_runs_of_big_period_messages_fit_the_drivers_memory(_):
+    """The case a 10^5-example fuzz run found (scripts/fuzz, 63,830th example): 11 capture
+    messages of a 3.8 MB period ran the driver model's own allocator out of guest RAM."""
+    state = HostileRingMachine()
+    try:
+        state.probe()
+        state.reset_and_reprobe()
+        state.pcm_command(code=RequestCode.PCM_PREPARE, stream=0)
+        state.set_params(channels=3, frames=634983, periods=1, rate=PcmRate.RATE_8000, stream=1)
+        state.period_messages(count=4, stream=1)
+        state.period_messages(count=7, stream=1)
+        for _ in range(4):
+            state.period_messages(count=8, stream=1)
+        state.healthy_and_answering()
+    finally:
+        state.teardown()
