@@ -232,6 +232,14 @@ class ChainWriter:
 
     def write_at_end(self, data: BytesLike | ctypes.Structure) -> int:
         """Write ``data`` so that it ends at the end of the still-unused writable area."""
+        if type(data) is bytes and self._end == self._segs.total and self._segs.buffers:
+            last = self._segs.buffers[-1]
+            n = len(data)
+            if n <= len(last) and n <= self._end - self._pos:  # a status in the last buffer: the usual case
+                memoryview(last)[len(last) - n:] = data
+                self._end -= n
+                self._tail += n
+                return n
         src = _as_bytes_array(data)
         n = len(src)
         if n > self._end - self._pos:

@@ -73,12 +73,18 @@ class PcmDataPlane:
         ``sink``: the device's event sink (``io`` traces)."""
         self.ctx = ctx
         self.sink = sink
-        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun, sink, poll=self.process)
+        self.io = [StreamIo(ctx, stream, backend, clock, gain, report_xrun, sink, poll=self.take)
                    for stream, backend in zip(streams, backends, strict=True)]
         self._warn = GuestWarnings(log)
 
     def process(self, queue_index: QueueIndex) -> None:
-        """Take every new chain off the tx or rx queue."""
+        """A kick: take every new chain off the tx or rx queue, then decide whether the driver
+        should kick again (see :meth:`update_notifications`)."""
+        self.take(queue_index)
+        self.update_notifications(queue_index)
+
+    def take(self, queue_index: QueueIndex) -> None:
+        """Take every new chain off the tx or rx queue (a kick, or a real-time clock's tick)."""
         queue = self.ctx.queues[queue_index]
         refused = False
         while (chain := queue.pop()) is not None:
@@ -86,7 +92,6 @@ class PcmDataPlane:
                 refused = True
         if refused:  # held messages are completed (and signalled) by their stream's clock
             self.ctx.signal_used(queue_index)
-        self.update_notifications(queue_index)
 
     def update_notifications(self, queue_index: QueueIndex) -> None:
         """While a stream of this queue runs on a real-time clock, the clock pops the queue at
@@ -98,7 +103,7 @@ class PcmDataPlane:
             if queue.notify_wanted:
                 queue.suppress_notifications()
         elif not queue.notify_wanted and queue.enable_notification():
-            self.process(queue_index)
+            self.take(queue_index)
 
     def accept(self, queue_index: QueueIndex, chain: DescriptorChain) -> Status:
         """Every check an I/O message goes through, in order; OK means it is held by its stream,
@@ -111,7 +116,7 @@ class PcmDataPlane:
             if not 0 <= msg.stream_id < len(self.io):
                 raise bad_msg(f"stream {msg.stream_id} does not exist")
             io = self.io[msg.stream_id]
-            if io.stream.direction != msg.direction:
+            if io.playback != (queue_index == QueueIndex.TX):
                 raise bad_msg(f"stream {io.stream.id} is {io.stream.direction.name.lower()}, "
                               f"not {msg.direction.name.lower()}")
             self._check_layout(queue_index, chain, msg)

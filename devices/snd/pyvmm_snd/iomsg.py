@@ -58,7 +58,11 @@ def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
         raise bad_msg(f"I/O message with {readable} readable bytes, needs a {XFER_SIZE}-byte header")
     if writable < STATUS_SIZE:
         raise bad_msg(f"I/O message with {writable} writable bytes, needs an {STATUS_SIZE}-byte status")
-    (stream_id,) = spec.PCM_XFER.unpack(chain.reader().read(XFER_SIZE))
+    first = chain.readable[0]
+    if len(first) >= XFER_SIZE:  # Linux: the header is its own descriptor
+        (stream_id,) = spec.PCM_XFER.unpack_from(first)
+    else:
+        (stream_id,) = spec.PCM_XFER.unpack(chain.reader().read(XFER_SIZE))
     if queue_index == QueueIndex.TX:
         # Extra writable bytes before the status are tolerated (and left untouched).
         return IoMessage(queue_index, chain, stream_id, readable - XFER_SIZE)

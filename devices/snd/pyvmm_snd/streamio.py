@@ -159,9 +159,10 @@ class StreamIo:
                          f"the driver re-published chains in flight")
         self.held.append(msg)
         self._completed_since_submit = 0
-        self._cancel_hold()
-        if self.clock is not None and stream.state == StreamState.STARTED:
-            self.clock.notify()
+        if self.clock_kind == "fast":  # a real-time clock ticks regardless
+            self._cancel_hold()
+            if self.clock is not None and stream.state == StreamState.STARTED:
+                self.clock.notify()
 
     def _refuse(self, reason: str, rule: Rule | None = None) -> None:
         self.stats.refused += 1
