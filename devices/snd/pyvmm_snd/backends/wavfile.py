@@ -66,24 +66,33 @@ class WavLayout:
     rate: int
     valid_bits: int
 
-    @property
+    @functools.cached_property
     def container_bits(self) -> int:
         return pcm_format.sample_format(self.storage).container * 8
 
-    @property
+    @functools.cached_property
     def is_float(self) -> bool:
         return pcm_format.sample_format(self.storage).is_float
 
-    @property
+    @functools.cached_property
     def frame_bytes(self) -> int:
         return pcm_format.frame_bytes(self.storage, self.channels)
 
-    @property
+    @functools.cached_property
+    def fmt_bytes(self) -> bytes:
+        """:meth:`fmt_chunk`, built once: the WAV sink rewrites the header after every period."""
+        return self.fmt_chunk()
+
+    @functools.cached_property
+    def header_size(self) -> int:
+        return len(build_header(self, 0))
+
+    @functools.cached_property
     def extensible(self) -> bool:
         return self.channels > 2 or (not self.is_float and self.container_bits > 16) \
             or self.valid_bits != self.container_bits
 
-    @property
+    @functools.cached_property
     def format_tag(self) -> int:
         if self.extensible:
             return WAVE_FORMAT_EXTENSIBLE
@@ -118,7 +127,7 @@ class WavLayout:
 def build_header(layout: WavLayout, data_size: int) -> bytes:
     """RIFF header, ``fmt``, ``fact`` (non-PCM tags) and the ``data`` chunk header for
     ``data_size`` bytes of samples; its length depends only on ``layout``."""
-    chunks = _fmt_chunk(layout)
+    chunks = layout.fmt_bytes
     if layout.format_tag != WAVE_FORMAT_PCM:
         chunks += b"fact" + struct.pack("<II", 4, data_size // layout.frame_bytes)
     chunks += b"data" + struct.pack("<I", data_size)
@@ -126,15 +135,8 @@ def build_header(layout: WavLayout, data_size: int) -> bytes:
     return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + chunks
 
 
-@functools.cache
 def header_size(layout: WavLayout) -> int:
-    return len(build_header(layout, 0))
-
-
-@functools.cache
-def _fmt_chunk(layout: WavLayout) -> bytes:
-    """The same for every period of a file: the WAV sink rewrites the header after each one."""
-    return layout.fmt_chunk()
+    return layout.header_size
 
 
 @dataclass(frozen=True)
