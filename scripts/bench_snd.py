@@ -357,6 +357,8 @@ def collect(args) -> dict[str, dict[str, float]]:
                      lambda: guest(args.guest_seconds, args.profile)))
     try:
         for label, job in jobs:
+            if label.startswith("fast"):
+                job()  # a warm-up run, not counted: the first fast run of a process is slower
             runs = [job() for _ in range(1 if label.startswith("guest") else args.runs)]
             medians = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
             results[label] = medians
