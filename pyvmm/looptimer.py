@@ -95,7 +95,7 @@ class TimerFd:
     def _expired(self) -> None:
         try:
             os.read(self.fd, 8)
-        except (BlockingIOError, OSError):
+        except OSError:  # EAGAIN included
             return  # cancelled or re-armed after it expired: nothing is due
         self.armed = False
         self.callback()

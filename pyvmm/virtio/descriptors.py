@@ -123,20 +123,15 @@ def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, he
         elif seen_writable:
             raise ChainError(F.READABLE_AFTER_WRITABLE, f"readable {where} {index} follows a writable one")
         if length:
-            view = memory.single_view(addr, length)  # one region holds it: the usual case
-            if view is None:
-                try:
-                    views = guest_views(memory, addr, length)
-                except GuestMemoryError as e:
-                    raise ChainError(F.BUFFER_OUTSIDE_RAM,
-                                     f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
+            try:
+                views = guest_views(memory, addr, length)
+            except GuestMemoryError as e:
+                raise ChainError(F.BUFFER_OUTSIDE_RAM,
+                                 f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
             totals[writable_desc] += length
             if totals[writable_desc] > _MAX_CHAIN_BYTES:
                 raise ChainError(F.CHAIN_TOO_BIG, "total buffer length exceeds 2^32-1 bytes")
-            if view is not None:
-                (writable if writable_desc else readable).append(view)
-            else:
-                (writable if writable_desc else readable).extend(views)
+            (writable if writable_desc else readable).extend(views)
             descriptors.append((addr, length, flags))
         if not flags & C.VIRTQ_DESC_F_NEXT:
             break

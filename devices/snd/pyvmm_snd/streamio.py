@@ -108,12 +108,12 @@ class StreamIo:
         self.gain = gain
         self.report_xrun = report_xrun
         self.poll = poll
-        """Takes the new messages off the stream's queue (the data plane's ``process``): the
+        """Takes the new messages off the stream's queue (the data plane's ``take``): the
         real-time clock calls it before it consumes, so the driver need not kick meanwhile."""
         self.playback = stream.direction == Direction.OUTPUT
         """The stream's direction is fixed by its configuration."""
         self.stats = StreamIoStats()
-        self.queue_index = QueueIndex.TX if stream.direction == Direction.OUTPUT else QueueIndex.RX
+        self.queue_index = QueueIndex.TX if self.playback else QueueIndex.RX
         self.held: deque[IoMessage] = deque()
         """Accepted messages not yet returned to the driver, oldest first."""
         self.max_held = ctx.queues[self.queue_index].size
@@ -380,13 +380,10 @@ class StreamIo:
         if self._backend_ok:  # else nothing to feed: do not even read the guest's frames
             reader = msg.chain.reader()
             reader.skip(iomsg.XFER_SIZE)
-            if msg.data_len <= CHUNK_BYTES // 2:  # one piece whatever the frame size (the usual case)
-                self._feed(reader.read(msg.data_len))
-            else:
-                for n in self._chunks(msg.data_len):
-                    if not self._backend_ok:
-                        break
-                    self._feed(reader.read(n))
+            for n in self._chunks(msg.data_len):
+                if not self._backend_ok:
+                    break
+                self._feed(reader.read(n))
         self.faults.complete(msg, Status.OK, latency_bytes=self._latency())
 
     def _feed(self, data: bytes) -> None:

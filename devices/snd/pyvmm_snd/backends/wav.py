@@ -39,7 +39,7 @@ from pyvmm.errors import VmmError
 from pyvmm_snd import pcm_format
 from pyvmm_snd.backends.base import BackendError, BackendParams, PcmBackend, option_flag
 from pyvmm_snd.backends.loopback import convert_frames
-from pyvmm_snd.backends.wavfile import (MAX_RIFF_SIZE, WavInfo, WavLayout, build_header, header_size,
+from pyvmm_snd.backends.wavfile import (MAX_RIFF_SIZE, WavInfo, WavLayout, build_header,
                                         parse_header)
 from pyvmm_snd.spec import Direction
 
@@ -178,10 +178,10 @@ class WavSink(PcmBackend):
         assert self._layout is not None
         samples = pcm_format.convert(data, params.format, self._layout.storage)
         samples = samples[:len(samples) - len(samples) % self._layout.frame_bytes]
-        if header_size(self._layout) + self._data_size + len(samples) + 1 > MAX_RIFF_SIZE:
+        if self._layout.header_size + self._data_size + len(samples) + 1 > MAX_RIFF_SIZE:
             self._new_file(self._layout)
         try:
-            os.pwrite(self._fd, samples, header_size(self._layout) + self._data_size)
+            os.pwrite(self._fd, samples, self._layout.header_size + self._data_size)
             self._data_size += len(samples)
             self._write_header()
         except OSError as exc:
@@ -205,7 +205,7 @@ class WavSink(PcmBackend):
         fd, self._fd = self._fd, None
         try:
             if self._data_size & 1:  # RIFF pads an odd-sized chunk
-                os.pwrite(fd, b"\0", header_size(self._layout) + self._data_size)
+                os.pwrite(fd, b"\0", self._layout.header_size + self._data_size)
             if self.fsync:
                 os.fsync(fd)
         except OSError as exc:

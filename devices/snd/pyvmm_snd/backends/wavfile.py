@@ -135,9 +135,6 @@ def build_header(layout: WavLayout, data_size: int) -> bytes:
     return b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + chunks
 
 
-def header_size(layout: WavLayout) -> int:
-    return layout.header_size
-
 
 @dataclass(frozen=True)
 class WavInfo:
