@@ -63,6 +63,16 @@ def guest_and_qemu(image=None, qemu: list[str] | None = None):
     return image, qemu
 
 
+def guest_and_qemu_or_skip():
+    """:func:`guest_and_qemu` for a pytest fixture: a harness that cannot be had skips the test."""
+    import pytest
+
+    try:
+        return guest_and_qemu()
+    except HarnessUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 def backend_argv(socket_path: str, device_options: Mapping[str, str], verbosity: int = 1,
                  extra_args: Sequence[str] = ()) -> list[str]:
     options = [f"{key}={value}" for key, value in device_options.items()]

@@ -19,7 +19,7 @@ import pytest
 from qemu.qmp import ExecuteError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest
+from qemu_harness import guest_and_qemu_or_skip, qemu_sound_guest
 
 pytestmark = pytest.mark.qemu
 
@@ -29,10 +29,7 @@ APLAY = "aplay -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000"
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory):
-    try:
-        image, qemu = guest_and_qemu()
-    except HarnessUnavailable as exc:
-        pytest.skip(str(exc))
+    image, qemu = guest_and_qemu_or_skip()
     path = str(tmp_path_factory.mktemp("qmp") / "qmp.sock")
     with qemu_sound_guest({"backend": "null"}, image=image, qemu=qemu,
                           backend_args=["--qmp", f"unix:{path},server,wait=off"]) as g:

@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from guest_helpers import GUEST_DIR, WavWatcher, image_with_files, md5, noise, wav_data  # noqa: E402
-from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
+from qemu_harness import guest_and_qemu_or_skip, qemu_sound_guest  # noqa: E402
 
 pytestmark = pytest.mark.qemu
 
@@ -73,10 +73,7 @@ CAPTURE_SOURCE_S = 1.5
 
 @pytest.fixture(scope="module")
 def image():
-    try:
-        return guest_and_qemu()
-    except HarnessUnavailable as exc:
-        pytest.skip(str(exc))
+    return guest_and_qemu_or_skip()
 
 
 @pytest.fixture(scope="module")

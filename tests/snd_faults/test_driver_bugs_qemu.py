@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "snd_dataplane"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "e2e_snd"))
 sys.path.insert(0, str(Path(__file__).parent))
 from guest_helpers import image_with_files, wav_data  # noqa: E402
-from qemu_harness import HarnessUnavailable, guest_and_qemu, qemu_sound_guest  # noqa: E402
+from qemu_harness import guest_and_qemu_or_skip, qemu_sound_guest  # noqa: E402
 from snd_checks import booted  # noqa: E402
 
 from pyvmm.guestimage.cache import cache_root  # noqa: E402
@@ -66,10 +66,7 @@ def build_pcm_restart() -> Path:
 
 @pytest.fixture(scope="module")
 def image_with_pcm_restart(tmp_path_factory):
-    try:
-        image, qemu = guest_and_qemu()
-    except HarnessUnavailable as exc:
-        pytest.skip(str(exc))
+    image, qemu = guest_and_qemu_or_skip()
     tmp = tmp_path_factory.mktemp("pcm-restart")
     files = {PCM_RESTART: build_pcm_restart().read_bytes()}
     return image_with_files(image, files, tmp), qemu
