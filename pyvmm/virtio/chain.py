@@ -1,8 +1,10 @@
 """A validated descriptor chain and the reader/writer that hide its descriptor boundaries.
 
 A chain is parsed and checked once, when :meth:`SplitQueue.pop` takes it off the avail ring;
-afterwards it is just two lists of zero-copy numpy views into guest RAM (the device-readable
-and device-writable buffers, in chain order). Devices never look at descriptors: they read
+afterwards it is just two lists of zero-copy memoryviews into guest RAM (the device-readable
+and device-writable buffers, in chain order; memoryviews rather than numpy views because
+slicing and copying them per message runs far less code, see
+:attr:`pyvmm.memory.MemoryRegion.buffer`). Devices never look at descriptors: they read
 the readable part as one byte stream and write the writable part as another, however the
 driver happened to split the message.
 """
@@ -41,7 +43,7 @@ class _Segments:
 
     __slots__ = ("buffers", "starts", "total")
 
-    def __init__(self, buffers: list[np.ndarray]):
+    def __init__(self, buffers: list[memoryview]):
         self.buffers = buffers
         self.starts: list[int] = []
         pos = 0
@@ -50,7 +52,7 @@ class _Segments:
             pos += len(buf)
         self.total = pos
 
-    def within(self, start: int, length: int) -> np.ndarray | None:
+    def within(self, start: int, length: int) -> memoryview | None:
         """The view of ``[start, start+length)`` if one buffer holds it all (the usual case),
         else None; the fast path of reads and writes."""
         buffers = self.buffers
@@ -64,7 +66,7 @@ class _Segments:
         buf = buffers[i]
         return buf[off:off + length] if off + length <= len(buf) else None
 
-    def pieces(self, start: int, length: int) -> Iterator[np.ndarray]:
+    def pieces(self, start: int, length: int) -> Iterator[memoryview]:
         """Views covering ``[start, start+length)`` of the concatenated buffers."""
         end = start + length
         i = bisect.bisect_right(self.starts, start) - 1
@@ -84,30 +86,36 @@ class DescriptorChain:
     __slots__ = ("head", "readable", "writable", "descriptors", "epoch", "returned", "readable_len",
                  "writable_len", "_r", "_w")
 
-    def __init__(self, head: int, readable: list[np.ndarray], writable: list[np.ndarray],
-                 descriptors: list[tuple[int, int, int]] | None = None, epoch: int = 0):
+    def __init__(self, head: int, readable: list[memoryview], writable: list[memoryview],
+                 descriptors: list[tuple[int, int, int]] | None = None, epoch: int = 0,
+                 readable_len: int | None = None, writable_len: int | None = None):
         self.head = head
         self.epoch = epoch
         """The queue's reset count when the chain was popped: completing it after a reset is a no-op."""
         self.returned = False
         """Given back to the queue (used, or popped back); the queue counts it in flight until then."""
         self.readable = readable
-        """Zero-copy uint8 views of the device-readable buffers, in chain order."""
+        """Zero-copy byte memoryviews of the device-readable buffers, in chain order."""
         self.writable = writable
-        """Zero-copy uint8 views of the device-writable buffers, in chain order."""
+        """Zero-copy byte memoryviews of the device-writable buffers, in chain order."""
         self.descriptors = descriptors or []
         """``(guest_addr, length, flags)`` of every buffer descriptor, for tracing and debugging."""
-        self._r = _Segments(readable)
-        self._w = _Segments(writable)
-        self.readable_len = self._r.total
+        self.readable_len = sum(map(len, readable)) if readable_len is None else readable_len
         """Bytes in the device-readable buffers."""
-        self.writable_len = self._w.total
+        self.writable_len = sum(map(len, writable)) if writable_len is None else writable_len
         """Bytes in the device-writable buffers."""
+        self._r: _Segments | None = None
+        self._w: _Segments | None = None
+        """Built by the first reader or writer (a device that uses the views directly never needs them)."""
 
     def reader(self) -> ChainReader:
+        if self._r is None:
+            self._r = _Segments(self.readable)
         return ChainReader(self._r)
 
     def writer(self) -> ChainWriter:
+        if self._w is None:
+            self._w = _Segments(self.writable)
         return ChainWriter(self._w)
 
     def __repr__(self) -> str:
@@ -201,6 +209,7 @@ class ChainWriter:
         return self._pos + self._tail
 
     def _copy(self, start: int, src: np.ndarray) -> None:
+        """``src`` (a contiguous uint8 array) into the writable bytes from ``start`` on."""
         view = self._segs.within(start, len(src))
         if view is not None:
             view[:] = src
@@ -226,7 +235,7 @@ class ChainWriter:
         if n > self.remaining:
             raise ShortChainError(f"fill of {n} bytes, only {self.remaining} writable bytes left")
         for piece in self._segs.pieces(self._pos, n):
-            piece[:] = value
+            np.frombuffer(piece, dtype=np.uint8).fill(value)
         self._pos += n
         return n
 
@@ -236,7 +245,7 @@ class ChainWriter:
             last = self._segs.buffers[-1]
             n = len(data)
             if n <= len(last) and n <= self._end - self._pos:  # a status in the last buffer: the usual case
-                memoryview(last)[len(last) - n:] = data
+                last[len(last) - n:] = data
                 self._end -= n
                 self._tail += n
                 return n

@@ -1,7 +1,7 @@
 """Walking and validating a descriptor chain (virtio spec 2.7.5 and 2.7.5.3).
 
 Descriptors are copied out of guest memory once (``struct.unpack_from``), checked, and turned
-into zero-copy views of the buffers they describe, so a driver rewriting its descriptors
+into zero-copy memoryviews of the buffers they describe, so a driver rewriting its descriptors
 afterwards cannot change what the device was given. Rules enforced:
 
 * every ``next`` index is inside the table (queue size, or indirect table length);
@@ -18,8 +18,6 @@ afterwards cannot change what the device was given. Rules enforced:
 from __future__ import annotations
 
 import struct
-
-import numpy as np
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.memory import GuestMemory
@@ -43,11 +41,11 @@ class ChainError(ValueError):
         self.kind = kind
 
 
-def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]:
-    """Zero-copy views of ``[addr, addr+length)``, one per memory region it crosses."""
+def guest_views(memory: GuestMemory, addr: int, length: int) -> list[memoryview]:
+    """Zero-copy memoryviews of ``[addr, addr+length)``, one per memory region it crosses."""
     if addr + length > _U64:
         raise GuestMemoryError(f"guest buffer {addr:#x}+{length:#x} overflows 64 bits")
-    view = memory.single_view(addr, length)
+    view = memory.single_buffer(addr, length)
     if view is not None:
         return [view]
     views = []
@@ -57,7 +55,7 @@ def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]
             if region.guest_addr <= addr < region.end:
                 n = min(end, region.end) - addr
                 off = addr - region.guest_addr
-                views.append(region.array[off:off + n])
+                views.append(region.buffer[off:off + n])
                 addr += n
                 break
         else:
@@ -65,14 +63,14 @@ def guest_views(memory: GuestMemory, addr: int, length: int) -> list[np.ndarray]
     return views
 
 
-def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, head: int,
+def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size: int, head: int,
                 indirect_ok: bool, epoch: int = 0) -> DescriptorChain:
     """Walk the chain starting at ``head`` and check every descriptor (see the module doc);
     raises :class:`ChainError` naming the first problem."""
-    readable: list[np.ndarray] = []
-    writable: list[np.ndarray] = []
+    readable: list[memoryview] = []
+    writable: list[memoryview] = []
     descriptors: list[tuple[int, int, int]] = []
-    totals = [0, 0]
+    readable_len = writable_len = 0
     budget = queue_size
     table = desc_table
     table_len = queue_size
@@ -117,21 +115,26 @@ def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, he
             visited = set()
             index = 0
             continue
-        writable_desc = bool(flags & C.VIRTQ_DESC_F_WRITE)
+        writable_desc = flags & C.VIRTQ_DESC_F_WRITE
         if writable_desc:
             seen_writable = True
         elif seen_writable:
             raise ChainError(F.READABLE_AFTER_WRITABLE, f"readable {where} {index} follows a writable one")
         if length:
+            view = memory.single_buffer(addr, length)  # one region holds it: the usual case
             try:
-                views = guest_views(memory, addr, length)
+                views = [view] if view is not None else guest_views(memory, addr, length)
             except GuestMemoryError as e:
                 raise ChainError(F.BUFFER_OUTSIDE_RAM,
                                  f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
-            totals[writable_desc] += length
-            if totals[writable_desc] > _MAX_CHAIN_BYTES:
+            if writable_desc:
+                writable_len += length
+                writable.extend(views)
+            else:
+                readable_len += length
+                readable.extend(views)
+            if readable_len > _MAX_CHAIN_BYTES or writable_len > _MAX_CHAIN_BYTES:
                 raise ChainError(F.CHAIN_TOO_BIG, "total buffer length exceeds 2^32-1 bytes")
-            (writable if writable_desc else readable).extend(views)
             descriptors.append((addr, length, flags))
         if not flags & C.VIRTQ_DESC_F_NEXT:
             break
@@ -139,4 +142,4 @@ def parse_chain(memory: GuestMemory, desc_table: np.ndarray, queue_size: int, he
             raise ChainError(F.NEXT_OUT_OF_RANGE, f"{where} {index}: next index {nxt} >= "
                              f"{'table length' if in_indirect else 'queue size'} {table_len}")
         index = nxt
-    return DescriptorChain(head, readable, writable, descriptors, epoch)
+    return DescriptorChain(head, readable, writable, descriptors, epoch, readable_len, writable_len)

@@ -22,8 +22,10 @@ front-end *turn* (:meth:`begin_turn`/:meth:`end_turn`) :meth:`pop` takes at most
 chains, so a driver refilling the ring as fast as the device empties it cannot keep the
 device loop in one queue forever: the front end serves the rest in a later loop turn.
 
-Memory ordering (x86-64, TSO): ring index fields are read and written through aligned numpy
-uint16/uint32 views, i.e. single loads/stores that cannot tear. The avail idx is read before
+Memory ordering (x86-64, TSO): ring index fields are read and written through aligned
+memoryview casts (``H``/``I``) of the rings, i.e. single loads/stores that cannot tear. (Not
+numpy scalar indexing: its far larger code path costs several times more when the loop wakes
+with cold caches to serve one period, see the README's data-path section.) The avail idx is read before
 the ring entries it covers and used entries are stored before the used idx (loads are not
 reordered with loads, nor stores with stores). The two places that need store->load order
 (publishing avail_event then re-reading avail idx; publishing used idx then reading
@@ -37,7 +39,6 @@ import logging
 import threading
 from typing import Callable
 
-import numpy as np
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.events import EventSink
@@ -139,10 +140,10 @@ class SplitQueue:
         self._turn_exhausted = False
         self._signalled_used = 0
         self._signalled_valid = False
-        self._desc: np.ndarray | None = None
-        self._avail: np.ndarray | None = None
-        self._used16: np.ndarray | None = None
-        self._used32: np.ndarray | None = None
+        self._desc: memoryview | None = None
+        self._avail: memoryview | None = None
+        self._used16: memoryview | None = None
+        self._used32: memoryview | None = None
 
     def apply_features(self, features: int) -> None:
         """Take RING_EVENT_IDX / RING_INDIRECT_DESC from the negotiated feature bits."""
@@ -175,11 +176,11 @@ class SplitQueue:
         self.check_layout()
         mem = self.memory
         size = self.size
-        self._desc = mem.view(self.desc_table, C.desc_table_size(size))
-        self._avail = mem.view(self.avail_ring, C.avail_ring_size(size, self.event_idx)).view(np.uint16)
-        used = mem.view(self.used_ring, C.used_ring_size(size, self.event_idx))
-        self._used16 = used.view(np.uint16)
-        self._used32 = used[:4 + C.USED_ELEM_SIZE * size].view(np.uint32)
+        self._desc = memoryview(mem.view(self.desc_table, C.desc_table_size(size)))
+        self._avail = memoryview(mem.view(self.avail_ring, C.avail_ring_size(size, self.event_idx))).cast("H")
+        used = memoryview(mem.view(self.used_ring, C.used_ring_size(size, self.event_idx)))
+        self._used16 = used.cast("H")
+        self._used32 = used[:4 + C.USED_ELEM_SIZE * size].cast("I")
         self._signalled_used = self.next_used
         self._signalled_valid = False
         self.broken = False
@@ -201,13 +202,13 @@ class SplitQueue:
     # -- avail side ---------------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        return int(self._avail[1])
+        return self._avail[1]
 
     def avail_flags(self) -> int:
-        return int(self._avail[0])
+        return self._avail[0]
 
     def used_event(self) -> int:
-        return int(self._avail[2 + self.size])
+        return self._avail[2 + self.size]
 
     def pending(self) -> int:
         """Chains the driver has made available that :meth:`pop` has not taken yet."""
@@ -261,7 +262,7 @@ class SplitQueue:
         while True:
             if not self.ready or self.broken:
                 return None
-            avail_idx = self.avail_idx()
+            avail_idx = self._avail[1]  # (avail_idx(), without the call: once per period and more)
             if avail_idx == self.next_avail:
                 if not self.event_idx or not self.notify_wanted or not self.enable_notification():
                     return None
@@ -314,7 +315,7 @@ class SplitQueue:
             raise _BrokenRing(QueueFault.IN_FLIGHT_EXCEEDED,
                               f"virtqueue size exceeded: {pending} more chains available while the "
                               f"device holds {self.in_flight} of {self.size}")
-        head = int(self._avail[2 + self.next_avail % self.size])
+        head = self._avail[2 + self.next_avail % self.size]
         if head >= self.size:
             raise _BrokenRing(QueueFault.HEAD_OUT_OF_RANGE,
                               f"avail ring entry {self.next_avail % self.size} names head {head} "
@@ -389,7 +390,7 @@ class SplitQueue:
         self._used16[1] = self.next_used  # after the element: x86 keeps stores in order
 
     def used_idx(self) -> int:
-        return int(self._used16[1])
+        return self._used16[1]
 
     def needs_notification(self) -> bool:
         """Should the driver be interrupted for the used entries added since the last call?

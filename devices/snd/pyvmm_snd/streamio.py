@@ -378,12 +378,15 @@ class StreamIo:
         if self.faults.fail_count and self._injected_failure(msg):
             return
         if self._backend_ok:  # else nothing to feed: do not even read the guest's frames
-            reader = msg.chain.reader()
-            reader.skip(iomsg.XFER_SIZE)
-            for n in self._chunks(msg.data_len):
-                if not self._backend_ok:
-                    break
-                self._feed(reader.read(n))
+            if msg.frames is not None and len(msg.frames) <= CHUNK_BYTES:  # Linux's layout
+                self._feed(msg.frames.tobytes())
+            else:
+                reader = msg.chain.reader()
+                reader.skip(iomsg.XFER_SIZE)
+                for n in self._chunks(msg.data_len):
+                    if not self._backend_ok:
+                        break
+                    self._feed(reader.read(n))
         self.faults.complete(msg, Status.OK, latency_bytes=self._latency())
 
     def _feed(self, data: bytes) -> None:
