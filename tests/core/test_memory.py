@@ -130,3 +130,17 @@ def test_fast_path_follows_regions_swapped_in_place():
     assert memory.single_view(0x4000, 0x2000) is not None and memory.single_view(0x1f00, 0x200) is None
     assert memory._within(0x4ffc, 4) is not None  # the fast path, not the segment walk
     fresh.close()
+
+
+def test_single_buffer_is_a_zero_copy_memoryview_and_gone_after_close():
+    """Descriptor chains slice these (see MemoryRegion.buffer); a closed region matches nothing."""
+    memory = GuestMemory.create([(0x1000, 0x1000), (0x4000, 0x2000)])
+    buf = memory.single_buffer(0x4010, 4)
+    assert isinstance(buf, memoryview) and len(buf) == 4
+    buf[:] = b"\x01\x02\x03\x04"
+    assert memory.read(0x4010, 4) == b"\x01\x02\x03\x04"
+    assert memory.single_buffer(0x1f00, 0x200) is None  # crosses the hole between the regions
+    assert memory.single_buffer(0x4000, -1) is None
+    del buf
+    memory.close()
+    assert memory.single_buffer(0x4010, 4) is None and memory.single_view(0x4010, 4) is None
