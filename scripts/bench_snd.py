@@ -60,6 +60,10 @@ from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode, Status  
 from pyvmm_snd.stream import MIN_PERIOD_US  # noqa: E402
 
 QUEUED = 4
+LINUX_CUTS = (4,)
+"""Messages as Linux sends them: the 4-byte xfer header in its own descriptor, then the frames
+(one descriptor while a period does not cross a page that is not physically contiguous), then
+the status."""
 SCENARIOS = ("realtime", "minimum", "fast", "guest")
 
 FORMATS = {
@@ -125,7 +129,7 @@ async def play(d: SndDriver, period_bytes: int, seconds_of_audio: float, period_
     frames = bytes(range(256)) * (period_bytes // 256) + bytes(period_bytes % 256)
     queued = done = 0
     for _ in range(QUEUED):
-        d.add_tx(0, frames)
+        d.add_tx(0, frames, cuts=LINUX_CUTS)
         queued += 1
     d.kick(QueueIndex.TX)
     start = time.perf_counter()
@@ -139,7 +143,7 @@ async def play(d: SndDriver, period_bytes: int, seconds_of_audio: float, period_
         done += completed
         old_avail = tx.avail_idx
         for _ in range(min(completed, total - queued)):
-            d.add_tx(0, frames)
+            d.add_tx(0, frames, cuts=LINUX_CUTS)
             queued += 1
         if completed and tx.needs_kick(old_avail):  # as Linux does (virtqueue_kick_prepare)
             kicks += 1

@@ -20,7 +20,9 @@ XFER = bytes(spec.PcmXfer(stream_id=0))
 @pytest.mark.parametrize("readable, writable, direct_frames, direct_status", [
     pytest.param([XFER, FRAMES], [8], True, True, id="linux"),
     pytest.param([XFER + FRAMES], [8], True, True, id="header-and-frames-in-one"),
-    pytest.param([XFER, FRAMES[:100], FRAMES[100:]], [8], False, True, id="frames-split"),
+    pytest.param([XFER, FRAMES[:100], FRAMES[100:]], [8], True, True, id="frames-split-at-a-page"),
+    pytest.param([XFER + FRAMES[:100], FRAMES[100:]], [8], True, True, id="header-and-some-frames-in-one"),
+    pytest.param([XFER, b"", FRAMES], [8], True, True, id="empty-descriptor-between"),
     pytest.param([XFER[:2], XFER[2:] + FRAMES], [8], False, True, id="header-split"),
     pytest.param([XFER, FRAMES], [3, 5], True, False, id="status-split"),
     pytest.param([XFER, FRAMES], [16], True, True, id="extra-writable-bytes"),

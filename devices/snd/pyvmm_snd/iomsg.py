@@ -3,9 +3,10 @@
 A message is ``xfer`` header (readable), frames (readable for playback, writable for
 capture), then an 8-byte ``pcm_status`` in the last writable bytes. Descriptor boundaries
 are irrelevant: the chain reader/writer hide them. Linux gives each part its own descriptor,
-so :func:`parse` also keeps the frames and the status as direct views when each lies in one
-buffer: consuming a period then runs a few lines instead of a reader and a writer, which is
-most of a period's cost when the loop wakes with cold caches (README, the data path).
+so :func:`parse` also keeps the frames' buffers and the status as direct views when the header
+sits in the first buffer and the status in the last: consuming a period then runs a few lines
+instead of a reader and a writer, which is most of a period's cost when the loop wakes with
+cold caches (README, the data path).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class IoMessage:
     """Trace time (seconds since VM start) when the device accepted the message."""
     deadline: float | None = None
     """Monotonic time the period clock meant to complete it (None: no real-time clock)."""
-    frames: memoryview | None = None
-    """Playback: the frames when one readable buffer holds them all (else read them through
-    the chain's reader)."""
+    frames: list[memoryview] | None = None
+    """Playback: the buffers holding the frames, in order, when the header sits in the first
+    buffer (always with Linux, which may split the frames at a page boundary); None: read them
+    through the chain's reader."""
     status: memoryview | None = None
     """The status bytes when they lie in the last writable buffer (else the chain's writer
     puts them there)."""
@@ -67,22 +69,19 @@ def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
         raise bad_msg(f"I/O message with {readable} readable bytes, needs a {XFER_SIZE}-byte header")
     if writable < STATUS_SIZE:
         raise bad_msg(f"I/O message with {writable} writable bytes, needs an {STATUS_SIZE}-byte status")
-    first = chain.readable[0]
+    buffers = chain.readable
+    first = buffers[0]
+    frames = None
     if len(first) >= XFER_SIZE:  # Linux: the header is its own descriptor
         (stream_id,) = spec.PCM_XFER.unpack_from(first)
+        if queue_index == QueueIndex.TX:
+            frames = buffers[1:] if len(first) == XFER_SIZE else [first[XFER_SIZE:], *buffers[1:]]
     else:
         (stream_id,) = spec.PCM_XFER.unpack(chain.reader().read(XFER_SIZE))
     last = chain.writable[-1]
     status = last[len(last) - STATUS_SIZE:] if len(last) >= STATUS_SIZE else None
     if queue_index == QueueIndex.TX:
         # Extra writable bytes before the status are tolerated (and left untouched).
-        buffers = chain.readable
-        if len(buffers) == 2 and len(first) == XFER_SIZE:
-            frames = buffers[1]
-        elif len(buffers) == 1:
-            frames = first[XFER_SIZE:]
-        else:
-            frames = None
         return IoMessage(queue_index, chain, stream_id, readable - XFER_SIZE, frames=frames, status=status)
     # Extra readable bytes after the header are tolerated (and ignored).
     return IoMessage(queue_index, chain, stream_id, writable - STATUS_SIZE, status=status)

@@ -378,8 +378,8 @@ class StreamIo:
         if self.faults.fail_count and self._injected_failure(msg):
             return
         if self._backend_ok:  # else nothing to feed: do not even read the guest's frames
-            if msg.frames is not None and len(msg.frames) <= CHUNK_BYTES:  # Linux's layout
-                self._feed(msg.frames.tobytes())
+            if msg.frames is not None and msg.data_len <= CHUNK_BYTES:  # the header in its own buffer
+                self._feed(b"".join(msg.frames))
             else:
                 reader = msg.chain.reader()
                 reader.skip(iomsg.XFER_SIZE)
