@@ -196,7 +196,15 @@ class GuestMemory:
         return region.array[off:off + length]
 
     def single_buffer(self, addr: int, length: int) -> memoryview | None:
-        """:meth:`single_view` as a zero-copy memoryview (see :attr:`MemoryRegion.buffer`)."""
+        """:meth:`single_view` as a zero-copy memoryview (see :attr:`MemoryRegion.buffer`).
+        Called for every descriptor, so the last region's check is repeated here (the
+        :meth:`_within` call and its tuple cost as much as the rest of the lookup)."""
+        region = self._last
+        if region is not None and length >= 0:
+            buffer = region.buffer
+            off = addr - region.guest_addr
+            if 0 <= off and off + length <= len(buffer):
+                return buffer[off:off + length]
         hit = self._within(addr, length)
         if hit is None:
             return None

@@ -122,17 +122,18 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
             raise ChainError(F.READABLE_AFTER_WRITABLE, f"readable {where} {index} follows a writable one")
         if length:
             view = memory.single_buffer(addr, length)  # one region holds it: the usual case
-            try:
-                views = [view] if view is not None else guest_views(memory, addr, length)
-            except GuestMemoryError as e:
-                raise ChainError(F.BUFFER_OUTSIDE_RAM,
-                                 f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
+            if view is None:
+                try:
+                    views = guest_views(memory, addr, length)
+                except GuestMemoryError as e:
+                    raise ChainError(F.BUFFER_OUTSIDE_RAM,
+                                     f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
             if writable_desc:
                 writable_len += length
-                writable.extend(views)
+                writable.extend(views) if view is None else writable.append(view)
             else:
                 readable_len += length
-                readable.extend(views)
+                readable.extend(views) if view is None else readable.append(view)
             if readable_len > _MAX_CHAIN_BYTES or writable_len > _MAX_CHAIN_BYTES:
                 raise ChainError(F.CHAIN_TOO_BIG, "total buffer length exceeds 2^32-1 bytes")
             descriptors.append((addr, length, flags))

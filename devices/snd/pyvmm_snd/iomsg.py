@@ -36,7 +36,7 @@ STATUS_SIZE = 8
 DIR_NAMES = {Direction.OUTPUT: "playback", Direction.INPUT: "capture"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class IoMessage:
     queue_index: QueueIndex
     chain: DescriptorChain
