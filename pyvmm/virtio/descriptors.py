@@ -71,7 +71,6 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
     writable: list[memoryview] = []
     descriptors: list[tuple[int, int, int]] = []
     readable_len = writable_len = 0
-    budget = queue_size
     table = desc_table
     table_len = queue_size
     index = head
@@ -83,9 +82,9 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
         if index in visited:
             raise ChainError(F.DESCRIPTOR_LOOP, f"{where} {index} visited twice (loop)")
         visited.add(index)
-        budget -= 1
-        if budget < 0:
-            raise ChainError(F.CHAIN_TOO_LONG, f"chain longer than the queue size {queue_size}")
+        # No count of descriptors is kept: indices stay below the table's length and none
+        # repeats, so a table of n entries gives at most n; an indirect table must fit in what
+        # the direct descriptors before it left of the queue size (checked below).
         addr, length, flags, nxt = _DESC.unpack_from(table, index * C.DESC_SIZE)
         if flags & C.VIRTQ_DESC_F_INDIRECT:
             if in_indirect:
@@ -99,7 +98,7 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
                 raise ChainError(F.INDIRECT_BAD_LENGTH,
                                  f"indirect table length {length} is not a non-zero multiple of 16")
             table_len = length // C.DESC_SIZE
-            if table_len > budget + 1:
+            if table_len > queue_size - (len(visited) - 1):  # the indirect descriptor does not count
                 raise ChainError(F.CHAIN_TOO_LONG, f"indirect table of {table_len} descriptors makes the "
                                                    f"chain longer than the queue size {queue_size}")
             try:
@@ -109,7 +108,6 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
             if table is None:
                 raise ChainError(F.INDIRECT_OUTSIDE_RAM,
                                  f"indirect table {addr:#x}+{length:#x} is outside guest RAM")
-            budget += 1  # the indirect descriptor itself carries no buffer
             in_indirect = True
             where = "indirect descriptor"
             visited = set()

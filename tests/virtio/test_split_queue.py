@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyvmm.virtio.faults import QueueFault
 from pyvmm.virtio.queue import InvalidQueueError, SplitQueue, need_event
 from pyvmm.virtio.testing import BROKEN_RING, MALFORMED, MALFORMED_NEEDS_NO_INDIRECT, DriverQueue
 
@@ -318,3 +319,31 @@ def test_direct_descriptors_followed_by_an_indirect_one(memory, allocator):
     chain = q.pop()
     assert chain.reader().read() == b"head-tail"
     assert chain.writable_len == 6
+
+
+@pytest.mark.parametrize("direct", [0, 1, 5])
+def test_a_chain_may_hold_exactly_the_queue_size_in_descriptors_with_an_indirect_table(memory, allocator,
+                                                                                      direct):
+    """``direct`` descriptors, then an indirect table: queue size - direct entries fit, one more
+    is CHAIN_TOO_LONG (spec 2.7.5.3.1; the indirect descriptor itself does not count)."""
+    from pyvmm.virtio.testing.driver import F_INDIRECT, F_NEXT
+
+    size = 16
+    for entries, fits in ((size - direct, True), (size - direct + 1, False)):
+        dq = DriverQueue(memory, allocator, size)
+        q = dq.device_queue()
+        faults = []
+        q.on_fault = lambda _q, kind, _detail: faults.append(kind)
+        dq.reserve(*range(direct + 1))
+        for i in range(direct):
+            dq.write_desc(i, dq.buffer(1), 1, F_NEXT, i + 1)
+        table = dq.alloc.alloc(16 * entries, 16)
+        for i in range(entries):
+            dq.write_desc(i, dq.buffer(1), 1, F_NEXT if i + 1 < entries else 0, i + 1, table=table)
+        dq.write_desc(direct, table, 16 * entries, F_INDIRECT, 0)
+        dq.publish(0)
+        chain = q.pop()
+        if fits:
+            assert chain is not None and chain.readable_len == direct + entries and not faults
+        else:
+            assert chain is None and faults == [QueueFault.CHAIN_TOO_LONG]
