@@ -69,18 +69,19 @@ def parse(queue_index: QueueIndex, chain: DescriptorChain) -> IoMessage:
         raise bad_msg(f"I/O message with {readable} readable bytes, needs a {XFER_SIZE}-byte header")
     if writable < STATUS_SIZE:
         raise bad_msg(f"I/O message with {writable} writable bytes, needs an {STATUS_SIZE}-byte status")
+    playback = queue_index == QueueIndex.TX
     buffers = chain.readable
     first = buffers[0]
     frames = None
     if len(first) >= XFER_SIZE:  # Linux: the header is its own descriptor
         (stream_id,) = spec.PCM_XFER.unpack_from(first)
-        if queue_index == QueueIndex.TX:
+        if playback:
             frames = buffers[1:] if len(first) == XFER_SIZE else [first[XFER_SIZE:], *buffers[1:]]
     else:
         (stream_id,) = spec.PCM_XFER.unpack(chain.reader().read(XFER_SIZE))
     last = chain.writable[-1]
     status = last[len(last) - STATUS_SIZE:] if len(last) >= STATUS_SIZE else None
-    if queue_index == QueueIndex.TX:
+    if playback:
         # Extra writable bytes before the status are tolerated (and left untouched).
         return IoMessage(queue_index, chain, stream_id, readable - XFER_SIZE, frames=frames, status=status)
     # Extra readable bytes after the header are tolerated (and ignored).

@@ -318,7 +318,7 @@ class StreamIo:
             return False
         self._releasing_last = False
         msg = self.held.popleft()
-        if isinstance(self.clock, RealTimeClock):
+        if msg.sink is not None and isinstance(self.clock, RealTimeClock):  # for the io trace
             msg.deadline = self.clock.deadline(tick)
         if self._gap:
             self._end_gap(trailing=False)
