@@ -128,10 +128,14 @@ def parse_chain(memory: GuestMemory, desc_table: memoryview | bytes, queue_size:
                                      f"{where} {index}: buffer {addr:#x}+{length:#x}: {e}") from None
             if writable_desc:
                 writable_len += length
-                writable.extend(views) if view is None else writable.append(view)
+                buffers = writable
             else:
                 readable_len += length
-                readable.extend(views) if view is None else readable.append(view)
+                buffers = readable
+            if view is not None:
+                buffers.append(view)
+            else:
+                buffers.extend(views)
             if readable_len > _MAX_CHAIN_BYTES or writable_len > _MAX_CHAIN_BYTES:
                 raise ChainError(F.CHAIN_TOO_BIG, "total buffer length exceeds 2^32-1 bytes")
             descriptors.append((addr, length, flags))

@@ -23,11 +23,11 @@ chains, so a driver refilling the ring as fast as the device empties it cannot k
 device loop in one queue forever: the front end serves the rest in a later loop turn.
 
 Memory ordering (x86-64, TSO): ring index fields are read and written through aligned
-memoryview casts (``H``/``I``) of the rings, i.e. single loads/stores that cannot tear. (Not
+memoryview casts (``H``/``I``) of the rings, i.e. single loads/stores that cannot tear (not
 numpy scalar indexing: its far larger code path costs several times more when the loop wakes
-with cold caches to serve one period, see the README's data-path section.) The avail idx is read before
-the ring entries it covers and used entries are stored before the used idx (loads are not
-reordered with loads, nor stores with stores). The two places that need store->load order
+with cold caches to serve one period, see the README's data-path section). The avail idx is
+read before the ring entries it covers and used entries are stored before the used idx (loads
+are not reordered with loads, nor stores with stores). The two places that need store->load order
 (publishing avail_event then re-reading avail idx; publishing used idx then reading
 used_event) go through :func:`full_barrier`.
 """
@@ -38,7 +38,6 @@ import itertools
 import logging
 import threading
 from typing import Callable
-
 
 from pyvmm.errors import GuestMemoryError
 from pyvmm.events import EventSink
