@@ -323,8 +323,10 @@ class Vm:
         self.events.emit("STOP")
         return True
 
-    def resume_machine(self) -> bool:
-        """Continue after :meth:`pause_machine` (QMP ``cont``); False if it was not paused."""
+    def resume_machine(self, vcpus: bool = True) -> bool:
+        """Continue after :meth:`pause_machine` (QMP ``cont``); False if it was not paused.
+        ``vcpus=False``: devices and the clock only, for the gdb stub, which then runs the
+        vCPUs gdb chose (a continue in gdb ends a QMP stop, as in QEMU)."""
         with self._pause_lock:
             if self._run_state != "paused":
                 return False
@@ -334,7 +336,8 @@ class Vm:
                     self.vm_fd.set_clock(self._frozen_clock)
                 except OSError as exc:
                     log.debug("cannot restore the KVM clock: %s", exc)
-            self.resume()
+            if vcpus:
+                self.resume()
             self._run_state = "running"
         log.info("VM resumed")
         self.events.emit("RESUME")

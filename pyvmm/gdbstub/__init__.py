@@ -31,7 +31,10 @@ def start_gdb_server(vm, address: str | GdbAddress, wait: bool = False) -> GdbSe
         address = GdbAddress.parse(address)
     support = probe_debug_support(vm.kvm)
     target = DebugTarget(vm.vcpus, vm.memory, support=support, exec_file=str(vm.config.kernel.resolve()),
-                         on_kill=lambda: vm.request_stop(0, "killed from gdb"), running=not wait)
+                         on_kill=lambda: vm.request_stop(0, "killed from gdb"),
+                         on_resume=lambda: vm.resume_machine(vcpus=False), running=not wait)
+    # QMP 'stop' is a stop gdb sees (SIGINT), and gdb's continue ends it: QEMU's behaviour.
+    vm.events.subscribe(lambda event: target.interrupt() if event.name == "STOP" else None)
     if wait:
         for vcpu in vm.vcpus:
             vcpu.request_pause()

@@ -67,6 +67,13 @@ class GdbSession:
         log.info("gdb: debugger connected")
         if self.target.running:
             self.target.halt(SIGTRAP)
+        self.target.attached = True
+        try:
+            self._serve()
+        finally:
+            self.target.attached = False
+
+    def _serve(self) -> None:
         try:
             while True:
                 fds = [self.sock, self.target.stop_fd] + ([self._wake_fd] if self._wake_fd is not None else [])

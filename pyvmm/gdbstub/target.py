@@ -10,6 +10,9 @@ then is the stop reported. The device event loop is never paused: device clocks 
 while the guest is stopped, as on real hardware, and the sound device counts the
 resulting underruns like any other.
 
+A stop that comes from elsewhere (QMP ``stop``: :meth:`interrupt`) is reported to gdb as
+SIGINT, and gdb's continue first ends it (``on_resume``), as QEMU's gdb stub does.
+
 Threads: ``_on_debug`` runs on a vCPU thread; everything else on the gdb session thread,
 and register and memory access only while every vCPU is parked. A stop is signalled to
 the session through ``stop_fd`` (a pipe it can ``select`` on).
@@ -60,12 +63,19 @@ class StopEvent:
 class DebugTarget:
     def __init__(self, vcpus, memory, *, support: DebugSupport = ASSUME_ALL,
                  exec_file: str | None = None, on_kill: Callable[[], None] | None = None,
-                 running: bool = True):
+                 on_resume: Callable[[], object] | None = None, running: bool = True):
         self.vcpus = list(vcpus)
         self.memory = memory
         self.support = support
         self.exec_file = exec_file
         self.on_kill = on_kill
+        self.on_resume = on_resume
+        """Called before gdb lets vCPUs run again (continue, step, detach): the VM ends a
+        machine-wide stop (QMP ``stop``) so that devices and clocks run with the vCPUs."""
+        self._closed = False
+        self.attached = False
+        """True while a gdb session serves this target (set by the session): only then is a
+        stop from elsewhere reported (:meth:`interrupt`)."""
         self.hw = DebugRegisters()
         self.sw = SoftwareBreakpoints()
         self._sw_as_hw: set[int] = set()   # Z0 requests served by a debug register
@@ -81,6 +91,8 @@ class DebugTarget:
             vcpu.on_debug = self._on_debug
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         for vcpu in self.vcpus:
             if vcpu.on_debug == self._on_debug:
                 vcpu.on_debug = None
@@ -119,6 +131,18 @@ class DebugTarget:
         self.last_stop = event
         return event
 
+    def interrupt(self, signum: int = SIGINT, vcpu: int = 0) -> None:
+        """The VM was stopped by someone else (QMP ``stop``): if gdb is waiting for a stop,
+        report this one (QEMU reports SIGINT). Any thread; returns at once."""
+        with self._lock:
+            if self._closed or not self.attached or not self._running or self._pending is not None:
+                return
+            self._pending = StopEvent(vcpu, signum)
+            try:
+                os.write(self._wake_w, b"!")
+            except OSError:
+                pass
+
     def take_stop(self) -> StopEvent | None:
         """After ``stop_fd`` became readable: wait for every vCPU to park; the stop to report."""
         self._drain()
@@ -155,6 +179,7 @@ class DebugTarget:
             self._pending = None
             self._stepping = {i for i, action in actions.items() if action == "s"}
             self._running = True
+        self._end_machine_stop()
         for index, vcpu in enumerate(self.vcpus):
             self._program(index)
         for index in actions:
@@ -186,10 +211,19 @@ class DebugTarget:
             self._stepping.clear()
             self._pending = None
             self._running = resume
+        if resume:
+            self._end_machine_stop()
         for index, vcpu in enumerate(self.vcpus):
             self._program(index)
             if resume or not held[index]:
                 vcpu.resume()
+
+    def _end_machine_stop(self) -> None:
+        if self.on_resume is not None:
+            try:
+                self.on_resume()
+            except Exception:
+                log.exception("gdb: ending the VM's stop failed")
 
     # -- debug exits (vCPU thread) ------------------------------------------------------
 

@@ -9,6 +9,8 @@ default guest's clocksource is kvm-clock, and its uptime does not count the stop
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 
@@ -29,15 +31,17 @@ APLAY = "aplay -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 --period-time=250000 --b
 
 @pytest.fixture(scope="module")
 def vm(guest_image, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("qmp-kvm") / "qmp.sock")
+    workdir = tmp_path_factory.mktemp("qmp-kvm")
+    path, gdb_path = str(workdir / "qmp.sock"), str(workdir / "gdb.sock")
     argv = pyvmm_argv("run", "--device", "virtio-snd,backend=null", "--qmp", f"unix:{path},server=on,wait=off",
-                      "--append-extra", "pyvmm.session")
+                      "--gdb", f"unix:{gdb_path}", "--append-extra", "pyvmm.session")
     session = GuestSession.start(argv, timeout=BOOT_TIMEOUT)
     qmp = QEMUMonitorProtocol(path)
     try:
         qmp.connect(negotiate=True)
         qmp.settimeout(60)
         session.qmp = qmp
+        session.gdb_path = gdb_path
         yield session
     finally:
         try:
@@ -136,6 +140,67 @@ def test_jack_change_is_an_event_and_reaches_the_guest(vm):
     qmp.cmd("x-pyvmm-snd-inject", type="jack", jack=0, connected=True)
     next_event(qmp, "SND_JACK_CHANGED", device="snd0", jack=0, connected=True)
     assert "values=on" in vm.check("amixer -c0 cget numid=1", timeout=TIMEOUT)
+
+
+class Rsp:
+    """The gdb remote protocol, by hand (no-ack mode is not asked for): one packet out, one
+    reply in. Debian's gdb cannot be told to wait for a stop that a third party causes."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(path)
+        self.data = b""
+
+    def send(self, payload: bytes) -> None:
+        self.sock.sendall(b"$%s#%02x" % (payload, sum(payload) & 0xFF))
+
+    def reply(self) -> bytes:
+        while not (match := re.search(rb"\$([^#]*)#[0-9a-f]{2}", self.data)):
+            chunk = self.sock.recv(4096)
+            assert chunk, f"the stub closed the connection; got {self.data!r}"
+            self.data += chunk
+        self.data = self.data[match.end():]
+        self.sock.sendall(b"+")
+        return match.group(1)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_qmp_stop_is_a_gdb_stop_and_gdb_continue_ends_it(vm):
+    """As in QEMU: with gdb attached and the guest running, QMP ``stop`` is a stop gdb sees
+    (SIGINT), and gdb's continue resumes the whole machine (RESUME event, devices, clock)."""
+    qmp = vm.qmp
+    gdb = Rsp(vm.gdb_path)
+    try:
+        gdb.send(b"?")
+        assert gdb.reply().startswith(b"T05"), "attaching stops the guest"
+        gdb.send(b"c")
+        qmp.cmd("stop")
+        next_event(qmp, "STOP")
+        assert gdb.reply().startswith(b"T02"), "gdb was not told of the QMP stop"
+        assert qmp.cmd("query-status")["status"] == "paused"
+        assert qmp.cmd("x-pyvmm-snd-query-streams")["paused"] is True
+        exits = vm_exits(qmp)
+        gdb.send(b"c")
+        next_event(qmp, "RESUME")
+        assert qmp.cmd("query-status")["status"] == "running"
+        assert qmp.cmd("x-pyvmm-snd-query-streams")["paused"] is False, "the sound device stayed paused"
+        deadline = time.monotonic() + TIMEOUT
+        while vm_exits(qmp) == exits:
+            assert time.monotonic() < deadline, "the guest did not run after gdb's continue"
+            time.sleep(0.5)
+        qmp.cmd("stop")  # and once more, ended by gdb detaching
+        next_event(qmp, "STOP")
+        assert gdb.reply().startswith(b"T02")
+        gdb.send(b"D")
+        assert gdb.reply() == b"OK"
+        next_event(qmp, "RESUME")
+    finally:
+        gdb.close()
+    assert qmp.cmd("query-status")["status"] == "running"
+    assert vm.check("echo alive", timeout=TIMEOUT).strip() == "alive"
 
 
 def test_quit_sends_shutdown_and_the_vmm_exits_0(vm):
