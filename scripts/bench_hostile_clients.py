@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "vhost_user"))
 
+from benchlib import process_cpu_seconds  # noqa: E402
 from vhost_frontend import EchoDevice, connect, eventfd_fired, start_device, wait_for  # noqa: E402
 
 from pyvmm.vhost_user import messages as m  # noqa: E402
@@ -54,9 +55,7 @@ class Backend:
             raise SystemExit("the back end did not start")
 
     def cpu(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.proc.pid)
 
     def status(self, key: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:

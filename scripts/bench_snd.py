@@ -52,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "snd"))
 
+from benchlib import process_cpu_seconds  # noqa: E402
 from snd_driver import SndDriver  # noqa: E402
 
 from pyvmm_snd import spec  # noqa: E402
@@ -239,12 +240,12 @@ def guest(seconds: float, profile: bool) -> dict[str, float]:
     with qemu_sound_guest({"backend.path": str(work / "out{stream}.wav"), "capture.backend": "null"},
                           image=image, qemu=qemu) as g:
         pid = g.backend.pid
-        cpu0 = _process_cpu(pid)
+        cpu0 = process_cpu_seconds(pid)
         if profile:
             sampler = _start_py_spy(pid, seconds * 3 + 60, work / "profile.txt")
         out = g.session.run("time aplay -q -D hw:0,0 -t raw -f S16_LE -c 2 -r 48000 --period-size=480 "
                             "--buffer-size=1920 /test/bench.raw", timeout=seconds * 3 + 60).output
-        backend_cpu = _process_cpu(pid) - cpu0
+        backend_cpu = process_cpu_seconds(pid) - cpu0
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT, not on SIGTERM
             try:
@@ -286,12 +287,6 @@ def profile_device(args, top: int = 12) -> None:
         for (filename, line, name), (_cc, ncalls, tottime, _ct, _callers) in rows:
             where = f"{Path(filename).parent.name}/{Path(filename).name}:{line}" if line else filename
             print(f"  {tottime * 1e6 / periods:7.2f} us  {ncalls / periods:5.1f} calls  {name}  ({where})")
-
-
-def _process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _start_py_spy(pid: int, duration: float, out: Path) -> subprocess.Popen | None:

@@ -77,6 +77,12 @@ class StreamFaults:
         self.stream_id = stream_id
         self.ctx = ctx
         self.sink = sink
+        self._frozen_at: float | None = None
+        """Loop time the VM was paused at (None: running); a driver reset keeps it."""
+        self._disarm()
+
+    def _disarm(self) -> None:
+        """Nothing armed, nothing held back (new, and after a driver reset)."""
         self.fail_count = 0
         self.fail_status = Status.IO_ERR
         self.late_count = 0
@@ -86,8 +92,6 @@ class StreamFaults:
         self.reset_after: int | None = None
         self.fired = 0
         self.stall_deadline = 0.0
-        self._frozen_at: float | None = None
-        """Loop time the VM was paused at (None: running)."""
         self._held: list[_Held] = []
         """Completions held back by a stall or burst, oldest first (later ones queue behind them)."""
         self._late: list[_Held] = []
@@ -189,9 +193,7 @@ class StreamFaults:
             self.stall_timer.cancel()
         for held in self._late:
             held.timer.cancel()
-        frozen_at = self._frozen_at
-        self.__init__(self.stream_id, self.ctx, self.sink)
-        self._frozen_at = frozen_at
+        self._disarm()
 
     # -- VM pause (QMP stop/cont) ------------------------------------------------------------------
 
