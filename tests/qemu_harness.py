@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from pyvmm.guest.session import GuestSession, SessionError
 
@@ -137,7 +137,8 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int = 1, memory_mb: int = 256,
                      boot_timeout: float = DEFAULT_BOOT_TIMEOUT, extra_cmdline: str = "",
                      keep_dir: bool = False, backend_verbosity: int = 1, image=None,
-                     qemu: list[str] | None = None, backend_args: Sequence[str] = ()) -> Iterator[SoundGuest]:
+                     qemu: list[str] | None = None, backend_args: Sequence[str] = (),
+                     before_boot: Callable[[], object] | None = None) -> Iterator[SoundGuest]:
     """A booted guest with a shell session and the vhost-user sound back end behind QEMU.
 
     Raises :class:`HarnessUnavailable` when QEMU or the guest image cannot be had, and
@@ -146,7 +147,8 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
     ``backend_verbosity`` 2 logs every vhost-user message (DEBUG), 3 every kick and call.
     ``image`` (a :class:`~pyvmm.guestimage.GuestImage`) and ``qemu`` (an argv prefix) default
     to ``build_default_guest()`` and ``ensure_qemu()``; ``backend_args`` are extra options of
-    ``pyvmm vhost-user`` (e.g. ``--monitor PATH``).
+    ``pyvmm vhost-user`` (e.g. ``--monitor PATH``). ``before_boot`` runs once the back end
+    listens, before QEMU starts (to arm faults that must reach the driver's probe).
     """
     image, qemu = guest_and_qemu(image, qemu)
     workdir = Path(tempfile.mkdtemp(prefix="pyvmm-vhost-snd-"))
@@ -160,6 +162,8 @@ def qemu_sound_guest(device_options: Mapping[str, str] | None = None, smp: int =
                                    cwd=workdir)
     try:
         _wait_for_socket(socket_path, backend, log_path)
+        if before_boot is not None:
+            before_boot()
         argv = qemu_argv(qemu, image, socket_path, smp, memory_mb, extra_cmdline)
         started = time.monotonic()
         try:

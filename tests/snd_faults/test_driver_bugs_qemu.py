@@ -1,4 +1,4 @@
-"""The two known Linux virtio_snd bugs, reproduced with the real driver (the default guest,
+"""Three Linux virtio_snd bugs, reproduced with the real driver (the default guest,
 Linux 6.12, through QEMU TCG + pyvmm's vhost-user back end); README "Debugging the driver"
 walks through the same runs. Each test asserts what the device saw, so it fails the day the
 driver (or the guest kernel) behaves differently.
@@ -12,6 +12,10 @@ driver (or the guest kernel) behaves differently.
     buffer) while a poll-driven application (``aplay -N``) keeps calling the pointer. The
     driver's position wraps back to where it was, ALSA sees no progress, nothing is queued
     any more and the stream stays RUNNING with its position frozen.
+(c) a jack change while the probe waits for its JACK_INFO answer is lost: the event sets the
+    jack's state, then ``virtsnd_jack_parse_cfg`` overwrites it with the (older) answer. Made
+    certain with ``ctl-late 1 500 jack_info`` armed before the guest boots: the jack is
+    unplugged while the answer is held back.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import hashlib
 import json
 import re
 import shutil
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +298,57 @@ def test_bug_b_a_whole_buffer_burst_wraps_the_position_unseen(tmp_path, control_
     # nothing queued between the burst and the STOP that killing aplay caused, seconds later
     assert not [r for r in after if (r["cat"], r["kind"]) == ("io", "queued") and r["t"] < stop["t"]]
     assert stop["t"] - fire["t"] > 1.0, stop["t"] - fire["t"]
+
+
+def test_bug_c_a_jack_change_during_the_probe_is_overwritten_by_the_jack_info_answer(tmp_path):
+    image, qemu = guest_and_qemu_or_skip()
+    mon, trace = str(tmp_path / "mon.sock"), tmp_path / "trace.jsonl"
+    seen: dict = {}
+
+    def unplug_while_the_answer_is_held() -> None:
+        with MonitorClient(mon, timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while "held back 1" not in (info := client.command("snd0 info")[1]):
+                if time.monotonic() > deadline:
+                    seen["info"] = info
+                    return
+                time.sleep(0.005)
+            seen["unplug"] = client.command("snd0 jack 0 disconnect")
+
+    unplugger = threading.Thread(target=unplug_while_the_answer_is_held, daemon=True)
+
+    def arm() -> None:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(mon):
+            assert time.monotonic() < deadline, "no monitor socket"
+            time.sleep(0.05)
+        with MonitorClient(mon, timeout=30) as client:
+            assert client.command("snd0 ctl-late 1 500 jack_info") == (True, "next 1 JACK_INFO answers 500 ms late")
+        unplugger.start()
+
+    with qemu_sound_guest({"backend": "null"}, smp=1, image=image, qemu=qemu, before_boot=arm,
+                          backend_args=["--monitor", mon, "--trace-file", str(trace)]) as guest:
+        unplugger.join(120)
+        assert seen.get("unplug") == (True, "jack 0 disconnected"), seen
+        with MonitorClient(mon, timeout=30) as client:
+            assert "jack 0: disconnected" in client.command("snd0 info")[1]
+            in_guest = guest.session.check("amixer -c0 cget numid=1", timeout=60)
+            # the driver lost the change: its Headphone Jack is still on
+            assert "values=on" in in_guest, in_guest
+            # a change after the probe does get through (the jack is plugged back, then pulled again)
+            client.command("snd0 jack 0 connect")
+            client.command("snd0 jack 0 disconnect")
+            deadline = time.monotonic() + 60
+            while "values=off" not in guest.session.check("amixer -c0 cget numid=1", timeout=60):
+                assert time.monotonic() < deadline, "a jack change after the probe did not reach the guest"
+                time.sleep(0.2)
+    recs = records(trace)
+    armed = next(r for r in recs if (r["cat"], r["kind"]) == ("fault", "inject"))
+    assert armed["what"] == "ctl_late" and armed["request"] == "JACK_INFO", armed
+    held = next(r for r in recs if (r["cat"], r["kind"], r.get("what")) == ("fault", "fire", "ctl_late"))
+    sent = next(r for r in recs if (r["cat"], r["kind"]) == ("evt", "sent"))
+    answered = next(r for r in recs if r["cat"] == "ctl" and r.get("code") == "PCM_INFO")
+    # the order that loses it: JACK_INFO answered (held), the event delivered, then the answer
+    # published and the probe going on (its next request)
+    assert held["request"] == "JACK_INFO" and held["t"] < sent["t"] < answered["t"], (held, sent, answered)
+    assert "JACK_DISCONNECTED" in sent["desc"], sent

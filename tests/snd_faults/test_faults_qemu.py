@@ -2,7 +2,8 @@
 "Provoking xruns" walk-through. A stall longer than the buffer and a whole-buffer burst each make
 the Linux 6.12 driver report an underrun (aplay prints it) and the application recover; the trace
 shows what the device saw in between: the fault firing, then STOP, RELEASE, PREPARE, a buffer's
-worth of new messages and START, and messages flowing again."""
+worth of new messages and START, and messages flowing again. Control answers held past the
+driver's timeout, or failed, make its probe fail cleanly."""
 
 from __future__ import annotations
 
@@ -87,3 +88,31 @@ def test_fault_makes_the_driver_stop_the_stream_and_the_device_stays_healthy(tmp
         assert seen[start + 1:].count("queued") >= 3, seen
     else:
         assert "write error: Input/output error" in log, log
+
+
+def test_control_answers_later_than_the_drivers_timeout_fail_its_probe(tmp_path):
+    """``ctl-late`` past ``virtio_snd.msg_timeout_ms`` (1000) armed before boot: Linux gives up
+    on JACK_INFO, the probe fails with ETIMEDOUT, the guest has no card, and the device, reset
+    by the failing probe, still answers the monitor. ``ctl-fail`` the same way fails it at once."""
+    mon = str(tmp_path / "mon.sock")
+
+    def arm(line: str):
+        def before_boot() -> None:
+            deadline = time.monotonic() + 30
+            while not Path(mon).exists():
+                assert time.monotonic() < deadline, "no monitor socket"
+                time.sleep(0.05)
+            with MonitorClient(mon, timeout=30) as client:
+                ok, reply = client.command(line)
+                assert ok, reply
+        return before_boot
+
+    for line, message in (("snd0 ctl-late 1 1500 jack_info", "control message (0x00000001) timeout"),
+                          ("snd0 ctl-fail 1 io_err pcm_info", "probe with driver virtio_snd failed with error -5")):
+        with booted({"backend": "null"}, smp=1, before_boot=arm(line), backend_args=["--monitor", mon]) as guest:
+            out = guest.session.check("dmesg | grep virtio_snd; cat /proc/asound/cards", timeout=60)
+            assert message in out and "no soundcards" in out, out
+            with MonitorClient(mon, timeout=30) as client:
+                ok, info = client.command("snd0 info")
+            assert ok and info.startswith("driver not active"), info
+            assert "control queue:" not in info, info  # fired: nothing left armed or held back

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from pyvmm.events import NO_EVENTS, EventSink
 from pyvmm_snd import rules, spec
 from pyvmm_snd.controls import ControlStore
+from pyvmm_snd.ctlfaults import ControlFaults
 from pyvmm_snd.errors import GuestWarnings, RequestError, bad_msg, not_supp
 from pyvmm_snd.spec import JackFeature, PcmFeature, QueueIndex, RequestCode, Status
 from pyvmm_snd.stream import PcmParams, PcmStream
@@ -52,6 +53,8 @@ class ControlPlane:
         self.dataplane: DataPlane | None = None
         self.sink: EventSink = NO_EVENTS
         """The device's event sink (``ctl`` traces); set when the device activates."""
+        self.faults = ControlFaults()
+        """Armed from the host (``ctl-fail``, ``ctl-late``); survives driver resets."""
         self._warn = GuestWarnings(log)
         self._handlers: dict[RequestCode, Callable[[bytes, int], bytes]] = {
             RequestCode.JACK_INFO: self._jack_info,
@@ -76,15 +79,15 @@ class ControlPlane:
 
     def process(self, ctx: DeviceContext) -> None:
         queue = ctx.queues[QueueIndex.CONTROL]
-        handled = 0
+        completed = 0
         while (chain := queue.pop()) is not None:
-            self.handle(ctx, chain)
-            handled += 1
-        if handled:
+            completed += self.handle(ctx, chain)
+        if completed:
             ctx.signal_used(QueueIndex.CONTROL)
 
-    def handle(self, ctx: DeviceContext, chain: DescriptorChain) -> None:
-        """Answer one request chain (without signalling the driver)."""
+    def handle(self, ctx: DeviceContext, chain: DescriptorChain) -> bool:
+        """Answer one request chain (without signalling the driver); False if an armed
+        ``ctl-late`` holds the answer back."""
         reader = chain.reader()
         capacity = chain.writable_len
         if capacity < HDR_SIZE:
@@ -92,7 +95,8 @@ class ControlPlane:
             self._warn("%s: no room for the %d-byte response (%d writable bytes); returned unanswered",
                        spec.describe(request), HDR_SIZE, capacity)
             ctx.complete(QueueIndex.CONTROL, chain, 0, notify=False)
-            return
+            return True
+        code = None
         if chain.readable_len > MAX_REQUEST_BYTES:
             request = reader.read(min(64, chain.readable_len))
             status, payload = Status.BAD_MSG, b""
@@ -100,7 +104,13 @@ class ControlPlane:
                        spec.describe(request), chain.readable_len, MAX_REQUEST_BYTES)
         else:
             request = reader.read()
-            status, payload = self.dispatch(request, capacity)
+            code = int.from_bytes(request[:HDR_SIZE], "little") if len(request) >= HDR_SIZE else None
+            injected = self.faults.take_failure(code)
+            if injected is not None:
+                status, payload = injected, b""
+                log.info("%s -> %s (injected: not acted on)", spec.describe(request), status.name)
+            else:
+                status, payload = self.dispatch(request, capacity)
         writer = chain.writer()
         writer.write(spec.Hdr(code=status))
         if payload:
@@ -108,7 +118,10 @@ class ControlPlane:
         if self.sink.tracing("ctl"):
             self.sink.trace("ctl", "request", code=spec.request_name(request), desc=spec.describe(request),
                             status=status.name, payload=len(payload), head=chain.head)
+        if self.faults.hold(ctx, code, chain, writer.written):
+            return False
         ctx.complete(QueueIndex.CONTROL, chain, writer.written, notify=False)
+        return True
 
     def dispatch(self, request: bytes, capacity: int) -> tuple[Status, bytes]:
         """Status and response payload (after the 4-byte header) for one request."""

@@ -18,6 +18,7 @@ from pyvmm.virtio.device import DeviceContext, VirtioDevice
 from pyvmm_snd import hostaudio, monitor, qmp, spec, topology
 from pyvmm_snd.control import ControlPlane
 from pyvmm_snd.controls import ControlStore
+from pyvmm_snd.ctlfaults import ControlFaults
 from pyvmm_snd.dataplane import PcmDataPlane
 from pyvmm_snd.errors import GuestWarnings
 from pyvmm_snd.events import EventQueue
@@ -104,6 +105,8 @@ class SoundDevice(VirtioDevice):
                 io.freeze()
         self.control_plane.dataplane = self.dataplane
         self.control_plane.sink = self.events.sink = self.event_sink
+        if self.paused:
+            self.control_plane.faults.freeze(ctx)
         self.events.activate(ctx)
         log.debug("virtio-snd: activated (features %#x)", ctx.features)
         for queue in (QueueIndex.CONTROL, QueueIndex.TX, QueueIndex.RX):
@@ -130,6 +133,7 @@ class SoundDevice(VirtioDevice):
         self.dataplane = None
         self.control_plane.dataplane = None
         self.control_plane.ctls_negotiated = False
+        self.control_plane.faults.reset()
         for stream in self.streams:
             stream.reset()
         self.events.reset()
@@ -156,11 +160,13 @@ class SoundDevice(VirtioDevice):
     def pause(self) -> None:
         """QMP ``stop``: every stream's period clock stands still (no completion, no xrun)."""
         self.paused = True
+        self.control_plane.faults.freeze(self.ctx)
         if self.dataplane is not None:
             self.dataplane.freeze()
 
     def resume(self) -> None:
         self.paused = False
+        self.control_plane.faults.thaw(self.ctx)
         if self.dataplane is not None:
             self.dataplane.thaw()
 
@@ -185,6 +191,13 @@ class SoundDevice(VirtioDevice):
         log.info("virtio-snd: jack %d %s", jack_id, "connected" if connected else "disconnected")
         self.events.jack(jack_id, connected)
         self.event_sink.emit("SND_JACK_CHANGED", jack=jack_id, connected=connected, notified=self.ctx is not None)
+
+    def control_faults(self) -> ControlFaults:
+        """The control queue's faults, to arm (monitor, QMP). Often armed before the driver
+        activates the device, so their trace records go to the device's sink from here."""
+        faults = self.control_plane.faults
+        faults.sink = self.event_sink
+        return faults
 
     def set_control(self, control_id: int, values: Sequence[int] | bytes) -> None:
         """Change a control value from the host; the guest gets a CTL_NOTIFY event."""

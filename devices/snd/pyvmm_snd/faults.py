@@ -100,15 +100,15 @@ class StreamFaults:
     # -- arming (monitor and QMP, on the device loop) ------------------------------------------------
 
     def fail(self, count: int, status: Status) -> None:
-        self.fail_count, self.fail_status = _count(count), status
+        self.fail_count, self.fail_status = check_count(count), status
         self._armed("status", count=count, status=status.name)
 
     def late(self, count: int, ms: float) -> None:
-        self.late_count, self.late_ms = _count(count), _delay(ms)
+        self.late_count, self.late_ms = check_count(count), check_delay(ms)
         self._armed("late", count=count, ms=ms)
 
     def stall(self, ms: float) -> None:
-        delay = _delay(ms)
+        delay = check_delay(ms)
         if self.stall_timer is not None:
             self.stall_timer.cancel()
         if self._frozen_at is not None:  # armed during a pause: the delay starts at cont
@@ -120,11 +120,11 @@ class StreamFaults:
         self._armed("stall", ms=ms)
 
     def burst(self, count: int) -> None:
-        self.burst_count = _count(count)
+        self.burst_count = check_count(count)
         self._armed("burst", count=count)
 
     def needs_reset_after(self, count: int) -> None:
-        self.reset_after = _count(count) or None
+        self.reset_after = check_count(count) or None
         self._armed("needs_reset", after=count)
 
     @property
@@ -261,13 +261,13 @@ class StreamFaults:
         self.sink.trace("fault", "fire", what=what, stream=self.stream_id, **fields)
 
 
-def _count(count: int) -> int:
+def check_count(count: int) -> int:
     if not 0 <= count <= MAX_COUNT:
         raise ValueError(f"count must be 0..{MAX_COUNT}")
     return count
 
 
-def _delay(ms: float) -> float:
+def check_delay(ms: float) -> float:
     if not 0 < ms <= MAX_DELAY_MS:
         raise ValueError(f"delay must be more than 0 and at most {MAX_DELAY_MS} ms")
     return float(ms)
@@ -288,5 +288,5 @@ def needs_reset_now(device: SoundDevice, source: str) -> None:
 
 def drop_events(device: SoundDevice, count: int) -> None:
     """Lose the next ``count`` device events instead of delivering them."""
-    device.events.drop_next = _count(count)
+    device.events.drop_next = check_count(count)
     device.event_sink.trace("fault", "inject", what="drop_event", count=count)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from pyvmm_snd import faults
+from pyvmm_snd import ctlfaults, faults
 from pyvmm_snd.spec import PcmFeature, Status
 from pyvmm_snd.stream import StreamState
 
@@ -122,6 +122,33 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
         faults.drop_events(device, count)
         return f"next {count} events dropped"
 
+    def ctl_fail(args: list[str]) -> str:
+        """ctl-fail N [io_err|bad_msg|not_supp] [REQUEST]  answer the next N control requests with that status, not acting
+
+        REQUEST (e.g. ``pcm_set_params``) limits it to one request code; armed before the guest
+        boots it hits the driver's probe (:mod:`pyvmm_snd.ctlfaults`)."""
+        if not 1 <= len(args) <= 3:
+            raise ValueError("usage: ctl-fail N [io_err|bad_msg|not_supp] [REQUEST]")
+        count = _number(args[0], "count")
+        rest = args[1:]
+        status = ctlfaults.STATUSES["io_err"]
+        if rest and rest[0] in ctlfaults.STATUSES:
+            status = ctlfaults.STATUSES[rest.pop(0)]
+        if len(rest) > 1:
+            raise ValueError(f"status must be one of {', '.join(ctlfaults.STATUSES)}")
+        code = ctlfaults.parse_request(rest[0]) if rest else None
+        device.control_faults().arm_fail(count, status, code)
+        return f"next {count} {code.name if code else 'control'} requests answered {status.name}"
+
+    def ctl_late(args: list[str]) -> str:
+        """ctl-late N MS [REQUEST]      answer the next N control requests (e.g. jack_info ones) MS ms late"""
+        if len(args) not in (2, 3):
+            raise ValueError("usage: ctl-late N MS [REQUEST]")
+        count = _number(args[0], "count")
+        code = ctlfaults.parse_request(args[2]) if len(args) == 3 else None
+        device.control_faults().arm_late(count, _ms(args[1]), code)
+        return f"next {count} {code.name if code else 'control'} answers {args[1]} ms late"
+
     def info(args: list[str]) -> str:
         """info                         streams: state, parameters, queued messages, xruns, back end"""
         lines = [f"driver {'active' if device.ctx is not None else 'not active'}, "
@@ -143,10 +170,20 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
             lines.append(line)
         for jack_id, connected in enumerate(device.jack_connected):
             lines.append(f"jack {jack_id}: {'connected' if connected else 'disconnected'}")
+        ctl, parts = device.control_plane.faults, []
+        if ctl.failing.count:
+            parts.append(f"armed fail {ctl.failing.describe()} -> {ctl.fail_status.name}")
+        if ctl.late.count:
+            parts.append(f"armed late {ctl.late.describe()} by {ctl.late_ms:g} ms")
+        if ctl.pending["held_back"]:
+            parts.append(f"held back {ctl.pending['held_back']}")
+        if parts:
+            lines.append("control queue: " + ", ".join(parts))
         return "\n".join(lines)
 
     return {"jack": jack, "xrun": xrun, "ctl": ctl, "fail": fail, "late": late, "stall": stall, "burst": burst,
-            "needs-reset": needs_reset, "drop-event": drop_event, "info": info}
+            "needs-reset": needs_reset, "drop-event": drop_event, "ctl-fail": ctl_fail, "ctl-late": ctl_late,
+            "info": info}
 
 
 def _number(text: str, what: str) -> int:

@@ -8,7 +8,10 @@
   ``values``), ``fail`` (``stream``, ``count``, ``status``: ``io-err`` | ``bad-msg``), and the
   timing faults of :mod:`pyvmm_snd.faults`: ``late`` (``stream``, ``count``, ``ms``), ``stall``
   (``stream``, ``ms``), ``burst`` (``stream``, ``count``), ``needs-reset`` (now, or with
-  ``stream`` and ``count`` after that many messages), ``drop-event`` (``count``, default 1).
+  ``stream`` and ``count`` after that many messages), ``drop-event`` (``count``, default 1);
+  and the control queue's (:mod:`pyvmm_snd.ctlfaults`): ``ctl-fail`` (``count``, ``status``:
+  ``io-err`` | ``bad-msg`` | ``not-supp``, ``request``), ``ctl-late`` (``count``, ``ms``,
+  ``request``), ``request`` optional (``jack-info``, ``pcm-set-params``, ...).
 
 Both run on the device event loop (:meth:`pyvmm.virtio.device.VirtioDevice.qmp_commands`);
 a bad argument raises ValueError, which QMP reports as a ``GenericError``. What happens is
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from pyvmm_snd import faults
+from pyvmm_snd import ctlfaults, faults
 from pyvmm_snd.faults import MAX_COUNT
 from pyvmm_snd.spec import Status
 
@@ -27,7 +30,9 @@ if TYPE_CHECKING:
     from pyvmm_snd.device import SoundDevice
 
 FAIL_STATUSES = {"io-err": Status.IO_ERR, "bad-msg": Status.BAD_MSG}
-INJECT_TYPES = ("jack", "xrun", "ctl", "fail", "late", "stall", "burst", "needs-reset", "drop-event")
+CTL_FAIL_STATUSES = {**FAIL_STATUSES, "not-supp": Status.NOT_SUPP}
+INJECT_TYPES = ("jack", "xrun", "ctl", "fail", "late", "stall", "burst", "needs-reset", "drop-event",
+                "ctl-fail", "ctl-late")
 
 
 def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
@@ -43,6 +48,7 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             "jacks": [{"jack": i, "connected": c} for i, c in enumerate(device.jack_connected)],
             "event-buffers": len(device.events.buffers),
             "event-backlog": len(device.events.backlog),
+            "control-faults": device.control_plane.faults.pending,
         }
 
     def inject(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +103,19 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_COUNT:
                 raise ValueError(f"'count' must be an integer 0..{MAX_COUNT}")
             faults.drop_events(device, count)
+            return {"sent": True}
+        if kind == "ctl-fail":
+            _only(arguments, {"type", "count", "status", "request"})
+            status = arguments.get("status", "io-err")
+            if status not in CTL_FAIL_STATUSES:
+                raise ValueError(f"'status' must be one of {', '.join(CTL_FAIL_STATUSES)}")
+            device.control_faults().arm_fail(_arg(arguments, "count", int), CTL_FAIL_STATUSES[status],
+                                                 _request(arguments))
+            return {"sent": True}
+        if kind == "ctl-late":
+            _only(arguments, {"type", "count", "ms", "request"})
+            device.control_faults().arm_late(_arg(arguments, "count", int), _number(arguments, "ms"),
+                                                 _request(arguments))
             return {"sent": True}
         raise ValueError(f"'type' must be one of {', '.join(INJECT_TYPES)}, not {kind!r}")
 
@@ -157,6 +176,13 @@ def _number(arguments: dict[str, Any], name: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"'{name}' must be a number")
     return float(value)
+
+
+def _request(arguments: dict[str, Any]):
+    """The optional ``request`` argument (a request code name such as ``jack-info``), or None."""
+    if "request" not in arguments:
+        return None
+    return ctlfaults.parse_request(_arg(arguments, "request", str))
 
 
 def _faults(device: SoundDevice, arguments: dict[str, Any]):
