@@ -170,13 +170,13 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
             lines.append(line)
         for jack_id, connected in enumerate(device.jack_connected):
             lines.append(f"jack {jack_id}: {'connected' if connected else 'disconnected'}")
-        ctl, parts = device.control_plane.faults, []
-        if ctl.failing.count:
-            parts.append(f"armed fail {ctl.failing.describe()} -> {ctl.fail_status.name}")
-        if ctl.late.count:
-            parts.append(f"armed late {ctl.late.describe()} by {ctl.late_ms:g} ms")
-        if ctl.pending["held_back"]:
-            parts.append(f"held back {ctl.pending['held_back']}")
+        queue_faults, parts = device.control_plane.faults, []
+        if queue_faults.failing.count:
+            parts.append(f"armed fail {queue_faults.failing.describe()} -> {queue_faults.fail_status.name}")
+        if queue_faults.late.count:
+            parts.append(f"armed late {queue_faults.late.describe()} by {queue_faults.late_ms:g} ms")
+        if queue_faults.pending["held_back"]:
+            parts.append(f"held back {queue_faults.pending['held_back']}")
         if parts:
             lines.append("control queue: " + ", ".join(parts))
         return "\n".join(lines)

@@ -110,12 +110,12 @@ def commands(device: SoundDevice) -> dict[str, Callable[[dict[str, Any]], Any]]:
             if status not in CTL_FAIL_STATUSES:
                 raise ValueError(f"'status' must be one of {', '.join(CTL_FAIL_STATUSES)}")
             device.control_faults().arm_fail(_arg(arguments, "count", int), CTL_FAIL_STATUSES[status],
-                                                 _request(arguments))
+                                             _request(arguments))
             return {"sent": True}
         if kind == "ctl-late":
             _only(arguments, {"type", "count", "ms", "request"})
             device.control_faults().arm_late(_arg(arguments, "count", int), _number(arguments, "ms"),
-                                                 _request(arguments))
+                                             _request(arguments))
             return {"sent": True}
         raise ValueError(f"'type' must be one of {', '.join(INJECT_TYPES)}, not {kind!r}")
 
