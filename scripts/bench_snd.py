@@ -5,6 +5,9 @@ The device side is driven by the Python driver model (``tests/snd/snd_driver.py`
 asyncio loop; every scenario runs ``--runs`` times (default 3) and the median is printed with
 the spread, and the machine's load average is printed before and after.
 
+* machine: the floor under every real-time figure on this host: an asyncio loop whose only
+  work is a 10 ms ``TimerFd`` (the period clock's timer) with an empty callback; how late it
+  wakes (p50/p99/max) and the loop thread's whole CPU per period (no device, no driver);
 * real time: one 48 kHz stereo S16 playback stream, 10 ms periods, the driver keeping 4
   queued: wall time for N seconds of audio (ratio, target 1.00), completion lateness against
   each period's deadline (p50/p99/max), and the device's CPU (kick handling + clock ticks,
@@ -65,7 +68,7 @@ LINUX_CUTS = (4,)
 """Messages as Linux sends them: the 4-byte xfer header in its own descriptor, then the frames
 (one descriptor while a period does not cross a page that is not physically contiguous), then
 the status."""
-SCENARIOS = ("realtime", "minimum", "fast", "guest")
+SCENARIOS = ("machine", "realtime", "minimum", "fast", "guest")
 
 FORMATS = {
     "48k-s16x2": ("48 kHz stereo S16", PcmRate.RATE_48000, 2, PcmFormat.S16, 2),
@@ -184,6 +187,34 @@ def count_device_cpu(d: SndDriver) -> list[float]:
 
 
 # -- scenarios (one run each; main() repeats them) ---------------------------------------------------
+
+
+def machine_floor(seconds: float, period_s: float = 0.010) -> dict[str, float]:
+    """An empty 10 ms timer on its own asyncio loop: the lateness and the loop-thread CPU that
+    no device code can go below on this host (a VM's wake-ups can cost more than a period's work)."""
+    from pyvmm.looptimer import loop_timer
+
+    loop = asyncio.new_event_loop()
+    late: list[float] = []
+    deadline = [0.0]
+
+    def tick() -> None:
+        late.append(loop.time() - deadline[0])
+        deadline[0] += period_s
+        timer.arm(deadline[0])
+
+    timer = loop_timer(loop, tick)
+    deadline[0] = loop.time() + period_s
+    timer.arm(deadline[0])
+    cpu = time.thread_time()
+    loop.run_until_complete(asyncio.sleep(seconds))
+    cpu = time.thread_time() - cpu
+    timer.close()
+    loop.close()
+    late.sort()
+    return {"lateness_p50_us": late[len(late) // 2] * 1e6, "lateness_p99_us": late[len(late) * 99 // 100] * 1e6,
+            "lateness_max_us": late[-1] * 1e6, "loop_cpu_pct": 100 * cpu / seconds,
+            "loop_us_per_period": cpu * 1e6 / len(late)}
 
 
 def real_time(seconds: float, key: str = "48k-s16x2", period_ms: float = 10.0,
@@ -333,6 +364,9 @@ def collect(args) -> dict[str, dict[str, float]]:
     def wav():  # a new file per run: the previous run's device may not be collected yet
         return {"backend": "wav", "backend.path": str(wav_dir / f"run{next(wav_runs)}-out{{stream}}.wav")}
     jobs = []
+    if "machine" in args.only:
+        jobs.append(("machine: an empty 10 ms timerfd on an asyncio loop (no device)",
+                     lambda: machine_floor(args.seconds)))
     if "realtime" in args.only:
         jobs.append(("real time, 48 kHz stereo S16, 10 ms periods, null",
                      lambda: real_time(args.seconds)))
