@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tests" / "snd"))
 from benchlib import process_cpu_seconds  # noqa: E402
 from snd_driver import SndDriver  # noqa: E402
 
+from pyvmm.looptimer import loop_timer  # noqa: E402
 from pyvmm_snd import spec  # noqa: E402
 from pyvmm_snd.device import SoundDevice  # noqa: E402
 from pyvmm_snd.spec import PcmFormat, PcmRate, QueueIndex, RequestCode, Status  # noqa: E402
@@ -192,8 +193,6 @@ def count_device_cpu(d: SndDriver) -> list[float]:
 def machine_floor(seconds: float, period_s: float = 0.010) -> dict[str, float]:
     """An empty 10 ms timer on its own asyncio loop: the lateness and the loop-thread CPU that
     no device code can go below on this host (a VM's wake-ups can cost more than a period's work)."""
-    from pyvmm.looptimer import loop_timer
-
     loop = asyncio.new_event_loop()
     late: list[float] = []
     deadline = [0.0]
