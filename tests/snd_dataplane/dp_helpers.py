@@ -42,6 +42,11 @@ class TimedDriver(SndDriver):
     def times(self, queue: QueueIndex) -> list[float]:
         return [t for t, q, _ in self.completions if q == queue]
 
+    def monitor(self, line: str) -> str:
+        """One line typed at the VMM monitor for this device, without its name (``late 0 2 5``)."""
+        name, *args = line.split()
+        return self.device.monitor_commands()[name](args)
+
     def run_stream(self, stream_id: int, **params) -> None:
         assert self.set_params(stream_id, **params) == Status.OK
         assert self.pcm(RequestCode.PCM_PREPARE, stream_id) == Status.OK

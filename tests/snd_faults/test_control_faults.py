@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "snd"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "snd_dataplane"))
 
 from dp_helpers import TimedDriver  # noqa: E402
-from pyvmm_snd import monitor, qmp, spec  # noqa: E402
+from pyvmm_snd import qmp, spec  # noqa: E402
 from pyvmm_snd.spec import QueueIndex, RequestCode, Status  # noqa: E402
 from snd_driver import status_of  # noqa: E402
 
@@ -25,10 +25,6 @@ def drv():
     d.close()
 
 
-def cmd(drv, line):
-    words = line.split()
-    return monitor.commands(drv.device)[words[0]](words[1:])
-
 
 def jack_info(drv) -> int:
     """Post a JACK_INFO request for every jack (Linux's layout); returns its head, unanswered or not."""
@@ -41,7 +37,7 @@ def jack_info(drv) -> int:
 
 def test_ctl_fail_answers_with_the_status_and_does_not_act(drv):
     drv.start()
-    assert cmd(drv, "ctl-fail 1 not_supp pcm_set_params") == "next 1 PCM_SET_PARAMS requests answered NOT_SUPP"
+    assert drv.monitor("ctl-fail 1 not_supp pcm_set_params") == "next 1 PCM_SET_PARAMS requests answered NOT_SUPP"
     assert status_of(drv.query(RequestCode.JACK_INFO, 0, 1, 24)) == Status.OK  # another code: not hit
     assert drv.set_params(0) == Status.NOT_SUPP
     assert drv.device.streams[0].params is None, "a failed SET_PARAMS must leave the stream as it was"
@@ -51,7 +47,7 @@ def test_ctl_fail_answers_with_the_status_and_does_not_act(drv):
 
 def test_ctl_late_answers_at_once_but_publishes_after_the_delay(drv):
     drv.start()
-    cmd(drv, "ctl-late 1 250 jack_info")
+    drv.monitor("ctl-late 1 250 jack_info")
     start = drv.loop.time()
     head = jack_info(drv)
     assert drv.collect(CONTROL) == [], "the answer must wait"
@@ -72,7 +68,7 @@ def test_ctl_late_answers_at_once_but_publishes_after_the_delay(drv):
 
 
 def test_armed_before_the_driver_starts_and_kept_across_a_reset(drv):
-    cmd(drv, "ctl-fail 2 io_err jack_info")
+    drv.monitor("ctl-fail 2 io_err jack_info")
     drv.device.reset()  # a probe starts with a reset: the armed fault must reach it
     drv.start()
     assert status_of(drv.query(RequestCode.JACK_INFO, 0, 1, 24)) == Status.IO_ERR
@@ -84,9 +80,9 @@ def test_armed_before_the_driver_starts_and_kept_across_a_reset(drv):
 
 def test_reset_drops_answers_held_back(drv):
     drv.start()
-    cmd(drv, "ctl-late 1 100")
+    drv.monitor("ctl-late 1 100")
     jack_info(drv)
-    assert "held back 1" in cmd(drv, "info")
+    assert "held back 1" in drv.monitor("info")
     drv.device.reset()
     drv.advance(0.2)
     assert drv.collect(CONTROL) == [] and not drv.loop.pending_timers()
@@ -94,7 +90,7 @@ def test_reset_drops_answers_held_back(drv):
 
 def test_vm_pause_stops_the_delay(drv):
     drv.start()
-    cmd(drv, "ctl-late 1 100")
+    drv.monitor("ctl-late 1 100")
     head = jack_info(drv)
     drv.advance(0.05)
     drv.device.pause()
@@ -124,4 +120,4 @@ def test_qmp_arms_the_same_faults_and_query_shows_them(drv):
 ])
 def test_bad_arguments_are_one_line_errors(drv, line, message):
     with pytest.raises(ValueError, match=message):
-        cmd(drv, line)
+        drv.monitor(line)

@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "snd"))
 sys.path.insert(0, str(Path(__file__).parent.parent / "snd_dataplane"))
 
 from dp_helpers import PERIOD, PERIOD_S, TimedDriver  # noqa: E402
-from pyvmm_snd import monitor  # noqa: E402
 from pyvmm_snd.spec import EventCode, QueueIndex, RequestCode, Status  # noqa: E402
 
 TX = QueueIndex.TX
@@ -34,17 +33,13 @@ def play(drv, n):
     return heads
 
 
-def cmd(drv, line):
-    words = line.split()
-    return monitor.commands(drv.device)[words[0]](words[1:])
-
 
 def tx_heads(drv):
     return [h for _, q, h in drv.completions if q == TX]
 
 
 def test_late_completes_after_the_delay_and_out_of_order(drv):
-    cmd(drv, "late 0 1 50")
+    drv.monitor("late 0 1 50")
     heads = play(drv, 4)
     drv.advance(PERIOD_S * 2.5)  # periods 1 and 2 done: the first is held 50 ms, the second is on time
     assert tx_heads(drv) == [heads[1]]
@@ -58,7 +53,7 @@ def test_stall_completes_nothing_then_everything_at_once(drv):
     heads = play(drv, 6)
     drv.advance(PERIOD_S * 1.5)
     assert tx_heads(drv) == heads[:1]
-    cmd(drv, "stall 0 60")
+    drv.monitor("stall 0 60")
     drv.advance(0.059)
     assert tx_heads(drv) == heads[:1]  # nothing during the stall, though the clock ran on
     drv.advance(0.002)
@@ -69,7 +64,7 @@ def test_stall_completes_nothing_then_everything_at_once(drv):
 
 
 def test_burst_gives_n_completions_at_once(drv):
-    cmd(drv, "burst 0 3")
+    drv.monitor("burst 0 3")
     heads = play(drv, 5)
     drv.advance(PERIOD_S * 2.5)
     assert tx_heads(drv) == []
@@ -81,8 +76,8 @@ def test_burst_gives_n_completions_at_once(drv):
 
 
 def test_fail_and_needs_reset_after_n(drv):
-    cmd(drv, "fail 0 1 bad_msg")
-    cmd(drv, "needs-reset 0 2")
+    drv.monitor("fail 0 1 bad_msg")
+    drv.monitor("needs-reset 0 2")
     play(drv, 3)
     drv.advance(PERIOD_S * 1.5)
     [entry] = drv.collect(TX)
@@ -93,7 +88,7 @@ def test_fail_and_needs_reset_after_n(drv):
 
 
 def test_release_completes_what_is_held_back_and_reset_forgets(drv):
-    cmd(drv, "burst 0 4")
+    drv.monitor("burst 0 4")
     heads = play(drv, 3)
     drv.advance(PERIOD_S * 3.5)
     assert tx_heads(drv) == []
@@ -101,13 +96,13 @@ def test_release_completes_what_is_held_back_and_reset_forgets(drv):
     assert drv.pcm(RequestCode.PCM_RELEASE, 0) == Status.OK
     assert sorted(tx_heads(drv)) == sorted(heads)
     io = drv.device.dataplane.io[0]
-    cmd(drv, "late 0 5 10")
+    drv.monitor("late 0 5 10")
     drv.device.reset()
     assert not io.faults.armed
 
 
 def test_drop_event_loses_the_next_event(drv):
-    cmd(drv, "drop-event 1")
+    drv.monitor("drop-event 1")
     drv.device.set_jack(0, False)
     drv.device.set_jack(0, True)
     assert [e.hdr.code if hasattr(e, "hdr") else e.code for e in drv.events()] == [EventCode.JACK_CONNECTED]
@@ -119,9 +114,9 @@ def test_drop_event_loses_the_next_event(drv):
 ])
 def test_bad_arguments_are_one_line_errors(drv, line, message):
     with pytest.raises(ValueError, match=message):
-        cmd(drv, line)
+        drv.monitor(line)
 
 
 def test_info_lists_armed_faults(drv):
-    cmd(drv, "late 0 2 5")
-    assert "armed late=2 late_ms=5.0" in cmd(drv, "info")
+    drv.monitor("late 0 2 5")
+    assert "armed late=2 late_ms=5.0" in drv.monitor("info")

@@ -91,7 +91,12 @@ class ControlFaults:
         """What is armed and not fired yet, and how many answers are held back (``info``, QMP)."""
         return {"fail": self.failing.count, "fail_status": self.fail_status.name,
                 "fail_request": _name(self.failing.code), "late": self.late.count, "late_ms": self.late_ms,
-                "late_request": _name(self.late.code), "held_back": len(self._held)}
+                "late_request": _name(self.late.code), "held_back": self.held_back}
+
+    @property
+    def held_back(self) -> int:
+        """Answers waiting for their ``ctl-late`` deadline."""
+        return len(self._held)
 
     # -- the control queue (ControlPlane, on the device loop) -------------------------------------------
 

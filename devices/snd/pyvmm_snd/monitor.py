@@ -175,8 +175,8 @@ def commands(device: SoundDevice) -> dict[str, Callable[[list[str]], str]]:
             parts.append(f"armed fail {queue_faults.failing.describe()} -> {queue_faults.fail_status.name}")
         if queue_faults.late.count:
             parts.append(f"armed late {queue_faults.late.describe()} by {queue_faults.late_ms:g} ms")
-        if queue_faults.pending["held_back"]:
-            parts.append(f"held back {queue_faults.pending['held_back']}")
+        if queue_faults.held_back:
+            parts.append(f"held back {queue_faults.held_back}")
         if parts:
             lines.append("control queue: " + ", ".join(parts))
         return "\n".join(lines)
